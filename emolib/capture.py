@@ -1,0 +1,249 @@
+"""Reading the residual stream.
+
+"The residual stream at block L" is, everywhere in emolib, the output of decoder block ``L``
+(0-based), read by a forward hook on that block. It is *not* read from ``output_hidden_states``:
+in transformers 5 the last entry of that tuple is taken after the final norm, so it differs from
+the last block's output. Steering (:mod:`emolib.steering`) writes to the same place, so what is
+read and what is steered are the same vector space.
+
+Two ways in:
+
+* :func:`record_residual`, a context manager that keeps per-token activations (for monitoring,
+  token heatmaps, short prompts);
+* :func:`pooled_means`, which streams many texts through the model and keeps only, per text and
+  layer, the mean over token positions ``>= start`` (counted from each text's first real token,
+  whatever the padding side) -- memory does not grow with the number of tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+
+from .models import base_model, find_layers, model_device
+
+
+def tag(fn):
+    """Mark a hook as emolib's, so :func:`emolib.steering.active_hooks` can count ours only
+    (transformers 5 attaches hooks of its own when ``output_hidden_states`` is used)."""
+    fn._emolib_hook = True
+    return fn
+
+
+class _StopForward(Exception):
+    """Raised by the hook on the deepest requested block: later blocks need not run."""
+
+
+def _block_output(output) -> torch.Tensor:
+    return output[0] if isinstance(output, tuple) else output
+
+
+def _resolve_layers(model, layers: Sequence[int] | int | None) -> list[int]:
+    n = len(find_layers(model))
+    if layers is None:
+        return list(range(n))
+    if isinstance(layers, int):
+        layers = [layers]
+    out = []
+    for layer in layers:
+        idx = layer + n if layer < 0 else layer
+        if not 0 <= idx < n:
+            raise ValueError(f"Layer {layer} is out of range: the model has {n} blocks (0..{n - 1}).")
+        out.append(int(idx))
+    return out
+
+
+@contextmanager
+def record_residual(model, layers: Sequence[int] | int | None = None,
+                    detach: bool = True) -> Iterator[dict[int, list[torch.Tensor]]]:
+    """Record block outputs at ``layers`` for every forward pass inside the block.
+
+    Yields a dict ``layer -> list of tensors``, one ``[batch, seq, width]`` float32 tensor per
+    forward call (so a ``generate`` call yields the prompt pass followed by one entry per new
+    token). Hooks are removed on exit, also after an exception.
+    """
+    blocks = find_layers(model)
+    idx = _resolve_layers(model, layers)
+    store: dict[int, list[torch.Tensor]] = {i: [] for i in idx}
+    handles = []
+
+    def make_hook(i: int):
+        def hook(_module, _args, output):
+            h = _block_output(output)
+            store[i].append((h.detach() if detach else h).float())
+        return hook
+
+    try:
+        for i in idx:
+            handles.append(blocks[i].register_forward_hook(tag(make_hook(i))))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@dataclass
+class PooledActivations:
+    """Mean residual activation per text and layer, plus the bookkeeping a user needs to trust it.
+
+    ``means`` is ``[n_texts, n_layers, width]`` float32 in the input order; rows of texts that were
+    too short are NaN and listed in ``short_ids``. ``residual_norms`` is the mean L2 norm of the
+    block output per layer over every real token except each text's first (the attention-sink
+    position), the scale steering strengths are expressed in.
+    """
+
+    means: torch.Tensor
+    layers: list[int]
+    n_tokens: torch.Tensor  # tokens pooled per text
+    short_ids: list = field(default_factory=list)
+    residual_norms: torch.Tensor | None = None
+    start: int = 50
+    seconds: float = 0.0
+    total_tokens: int = 0
+
+    @property
+    def ok(self) -> torch.Tensor:
+        """Boolean mask of texts that were long enough to pool."""
+        return self.n_tokens > 0
+
+
+def relative_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of each position counted from its row's first real token (-1 on left padding)."""
+    return attention_mask.long().cumsum(dim=-1) - 1
+
+
+def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] | int | None = None,
+                 start: int = 50, batch_size: int = 8, max_length: int | None = 1024,
+                 ids: Sequence | None = None, add_special_tokens: bool = True,
+                 progress: bool = False, desc: str = "pooling") -> PooledActivations:
+    """Mean block-output activation over positions ``>= start`` of each text, at each layer.
+
+    Texts are sorted by length into batches (less padding), run without the LM head, and pooled on
+    the fly in float32: per-token activations are never stored. The deepest requested block stops
+    the forward pass early. Texts with no token at or past ``start`` are reported in
+    ``short_ids`` (their ``ids`` if given, else their indices), never averaged over nothing.
+    Works for left or right padding and any batch size; tests check batched == unbatched.
+    """
+    if not texts:
+        raise ValueError("pooled_means needs at least one text.")
+    if ids is not None and len(ids) != len(texts):
+        raise ValueError(f"{len(ids)} ids for {len(texts)} texts.")
+    idx = _resolve_layers(model, layers)
+    blocks = find_layers(model)
+    dev = model_device(model)
+    width = int(model.config.hidden_size)
+    enc = [tokenizer(t, add_special_tokens=add_special_tokens, truncation=max_length is not None,
+                     max_length=max_length)["input_ids"] for t in texts]
+    order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
+    sums = torch.zeros(len(texts), len(idx), width, dtype=torch.float64)
+    counts = torch.zeros(len(texts), dtype=torch.long)
+    norm_sum = torch.zeros(len(idx), dtype=torch.float64)
+    norm_count = 0
+    state: dict = {}
+    slot = {layer: k for k, layer in enumerate(idx)}
+    deepest = max(idx)
+
+    def make_hook(layer: int):
+        def hook(_module, _args, output):
+            h = _block_output(output).float()
+            pool_mask = state["pool_mask"]
+            sums[state["rows"], slot[layer]] += (h * pool_mask).sum(dim=1).double().cpu()
+            norms = h.norm(dim=-1) * state["norm_mask"]
+            norm_sum[slot[layer]] += norms.sum().double().cpu()
+            if layer == deepest:
+                raise _StopForward
+        return hook
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    side = getattr(tokenizer, "padding_side", "right")
+    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    bar = _progress(len(texts), desc) if progress else None
+    t0 = time.perf_counter()
+    total = 0
+    handles = [blocks[layer].register_forward_hook(tag(make_hook(layer))) for layer in idx]
+    core = base_model(model)
+    try:
+        with torch.inference_mode():
+            for rows in batches:
+                seqs = [enc[r] for r in rows]
+                width_t = max(len(s) for s in seqs)
+                ids_t = torch.full((len(rows), width_t), pad_id, dtype=torch.long)
+                mask = torch.zeros(len(rows), width_t, dtype=torch.long)
+                for j, s in enumerate(seqs):
+                    if side == "left":
+                        ids_t[j, width_t - len(s):] = torch.tensor(s)
+                        mask[j, width_t - len(s):] = 1
+                    else:
+                        ids_t[j, :len(s)] = torch.tensor(s)
+                        mask[j, :len(s)] = 1
+                rel = relative_positions(mask)
+                pool = (mask.bool() & (rel >= start)).to(dev)
+                state["rows"] = torch.tensor(rows)
+                state["pool_mask"] = pool.unsqueeze(-1).float()
+                state["norm_mask"] = (mask.bool() & (rel >= 1)).float().to(dev)
+                counts[rows] = pool.sum(dim=1).cpu()
+                norm_count += int((mask.bool() & (rel >= 1)).sum())
+                total += int(mask.sum())
+                try:
+                    core(input_ids=ids_t.to(dev), attention_mask=mask.to(dev), use_cache=False)
+                except _StopForward:
+                    pass
+                if bar is not None:
+                    bar.update(len(rows))
+                    bar.set_postfix(tok_s=f"{total / max(time.perf_counter() - t0, 1e-9):.0f}")
+    finally:
+        for handle in handles:
+            handle.remove()
+        if bar is not None:
+            bar.close()
+    means = (sums / counts.clamp(min=1).view(-1, 1, 1).double()).float()
+    short = [int(i) for i in torch.nonzero(counts == 0).flatten()]
+    means[short] = math.nan
+    names = list(ids) if ids is not None else list(range(len(texts)))
+    return PooledActivations(
+        means=means, layers=idx, n_tokens=counts, short_ids=[names[i] for i in short],
+        residual_norms=(norm_sum / max(norm_count, 1)).float(), start=start,
+        seconds=time.perf_counter() - t0, total_tokens=total,
+    )
+
+
+def token_activations(model, tokenizer, text: str | None = None, layers: Sequence[int] | int | None = None,
+                      input_ids: torch.Tensor | None = None) -> tuple[torch.Tensor, list[int]]:
+    """Per-token block outputs for one text: ``([n_tokens, n_layers, width] float32, token ids)``."""
+    idx = _resolve_layers(model, layers)
+    if input_ids is None:
+        if text is None:
+            raise ValueError("Give a text or input_ids.")
+        input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
+    input_ids = input_ids.reshape(1, -1).to(model_device(model))
+    with torch.inference_mode(), record_residual(model, idx) as rec:
+        try:
+            _run_until(model, idx, input_ids)
+        except _StopForward:
+            pass
+    acts = torch.stack([rec[layer][0][0] for layer in idx], dim=1).cpu()
+    return acts, input_ids[0].tolist()
+
+
+def _run_until(model, layers: list[int], input_ids: torch.Tensor) -> None:
+    blocks = find_layers(model)
+
+    def stop(_m, _a, _o):
+        raise _StopForward
+
+    handle = blocks[max(layers)].register_forward_hook(tag(stop))
+    try:
+        base_model(model)(input_ids=input_ids, use_cache=False)
+    finally:
+        handle.remove()
+
+
+def _progress(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="text")

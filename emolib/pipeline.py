@@ -1,0 +1,224 @@
+"""The papermill pipeline: run notebooks 01..06 in order on one profile, skip what is done.
+
+    python -m emolib.pipeline --profile default            # what `make reproduce` runs
+    python -m emolib.pipeline --profile smoke --run-dir /tmp/x
+    python -m emolib.pipeline --set model=Qwen/Qwen2.5-0.5B-Instruct --set 01_generate_stories.batch_size=8
+    python -m emolib.pipeline --only 03,04 --force
+
+A profile is ``profiles/<name>.toml``: a ``[common]`` table passed to every notebook, and one table
+per stage. A stage is skipped when its record in ``<run>/stages/`` has the same parameter hash
+(which chains in the upstream stages' hashes) and finished ``ok``. A failing stage stops the
+pipeline, prints the notebook's own error, and keeps the executed notebook for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from .runs import REPO_ROOT, read_json, run_dir, write_json
+
+STAGES = (
+    "01_generate_stories",
+    "02_extract_vectors",
+    "03_validate_vectors",
+    "04_geometry",
+    "05_monitoring",
+    "06_causal_steering",
+)
+PROFILES_DIR = REPO_ROOT / "profiles"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+class PipelineError(RuntimeError):
+    """A stage failed; the message names the stage, the error and the kept notebook."""
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_profile(name: str) -> dict[str, dict[str, Any]]:
+    path = PROFILES_DIR / f"{name}.toml"
+    if not path.exists():
+        known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+        raise PipelineError(f"Unknown profile {name!r}; known profiles: {', '.join(known)}.")
+    with open(path, "rb") as f:
+        prof = tomllib.load(f)
+    prof.setdefault("common", {})
+    for st in STAGES:
+        prof.setdefault(st, {})
+    return prof
+
+
+def apply_overrides(prof: dict[str, dict[str, Any]], sets: list[str]) -> dict[str, dict[str, Any]]:
+    """``key=value`` sets a common key or every stage key of that name; ``stage.key=value`` one stage."""
+    prof = {k: dict(v) for k, v in prof.items()}
+    for item in sets:
+        if "=" not in item:
+            raise PipelineError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        value = _parse_value(raw)
+        if "." in key and key.split(".", 1)[0] in STAGES:
+            st, k = key.split(".", 1)
+            prof[st][k] = value
+            continue
+        hit = False
+        if key in prof["common"] or key in {"model", "seed", "device", "dtype"}:
+            prof["common"][key] = value
+            hit = True
+        for st in STAGES:
+            if key in prof[st]:
+                prof[st][key] = value
+                hit = True
+        if not hit:
+            raise PipelineError(f"--set {key}: no such parameter in the profile (use stage.key=value to add one).")
+    return prof
+
+
+@dataclass
+class StageResult:
+    stage: str
+    status: str  # ok, skipped, failed
+    seconds: float
+    notebook: Path
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _log(run: Path, line: str) -> None:
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with open(run / "pipeline.log", "a", encoding="utf-8") as f:
+        f.write(f"{stamp} {line}\n")
+    print(line, flush=True)
+
+
+def stage_parameters(prof: dict[str, dict[str, Any]], stage: str, run: Path, figures: Path,
+                     profile: str) -> dict[str, Any]:
+    params = dict(prof["common"])
+    params.update(prof[stage])
+    params["run_dir"] = str(run)
+    params["figures_dir"] = str(figures)
+    params["profile"] = profile
+    return params
+
+
+def run_pipeline(profile: str = "default", run: str | Path | None = None, sets: list[str] | None = None,
+                 force: bool = False, only: list[str] | None = None, figures: str | Path | None = None,
+                 report: bool = True, log_output: bool = False) -> list[StageResult]:
+    """Run the stages of ``profile`` in order; returns one result per stage (skipped ones included)."""
+    import papermill as pm
+
+    prof = apply_overrides(load_profile(profile), sets or [])
+    run_path = run_dir(run or f"runs/{profile}")
+    default_figs = prof["common"].pop("figures", None)
+    changed_model = any(s.startswith("model=") for s in (sets or []))
+    if figures is None:
+        figures = default_figs if (default_figs and not changed_model and run is None) else run_path / "figures"
+    fig_path = run_dir(figures)
+    selected = _select(only)
+    results: list[StageResult] = []
+    upstream = ""
+    t_all = time.perf_counter()
+    for stage in STAGES:
+        params = stage_parameters(prof, stage, run_path, fig_path, profile)
+        digest = _hash({"params": params, "upstream": upstream, "notebook": _file_hash(NOTEBOOKS_DIR / f"{stage}.ipynb")})
+        upstream = digest
+        out_nb = run_path / "notebooks" / f"{stage}.ipynb"
+        record_path = run_path / "stages" / f"{stage}.json"
+        if stage not in selected:
+            continue
+        src = NOTEBOOKS_DIR / f"{stage}.ipynb"
+        if not src.exists():
+            _log(run_path, f"{stage}: notebook not written yet, skipped")
+            continue
+        if not force and record_path.exists():
+            rec = read_json(record_path)
+            if rec.get("hash") == digest and rec.get("status") == "ok" and out_nb.exists():
+                _log(run_path, f"{stage}: up to date (ran in {rec.get('seconds', 0):.0f} s), skipped")
+                results.append(StageResult(stage, "skipped", 0.0, out_nb))
+                continue
+        _log(run_path, f"{stage}: running")
+        t0 = time.perf_counter()
+        out_nb.parent.mkdir(parents=True, exist_ok=True)
+        write_json(record_path, {"stage": stage, "hash": digest, "status": "running", "params": params})
+        try:
+            pm.execute_notebook(str(src), str(out_nb), parameters=params, cwd=str(REPO_ROOT),
+                                kernel_name="python3", progress_bar=False, log_output=log_output)
+        except Exception as err:  # papermill wraps the notebook's own exception
+            secs = time.perf_counter() - t0
+            write_json(record_path, {"stage": stage, "hash": digest, "status": "failed", "seconds": secs,
+                                     "params": params, "error": str(err)[-4000:]})
+            _log(run_path, f"{stage}: FAILED after {secs:.1f} s; executed notebook kept at {out_nb}")
+            raise PipelineError(f"Stage {stage} failed (executed notebook: {out_nb}).\n{err}") from None
+        secs = time.perf_counter() - t0
+        write_json(record_path, {"stage": stage, "hash": digest, "status": "ok", "seconds": secs, "params": params,
+                                 "finished": datetime.now(UTC).isoformat(timespec="seconds")})
+        _log(run_path, f"{stage}: ok in {secs:.1f} s")
+        results.append(StageResult(stage, "ok", secs, out_nb))
+    _log(run_path, f"pipeline: done in {time.perf_counter() - t_all:.1f} s")
+    if report:
+        from .report import build_report
+
+        path = build_report(run_path, fig_path, profile=profile)
+        _log(run_path, f"report: {path}")
+    return results
+
+
+def _file_hash(path: Path) -> str | None:
+    if not path.exists():
+        return None
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    cells = [c.get("source") for c in nb.get("cells", [])]
+    return _hash(cells)
+
+
+def _select(only: list[str] | None) -> set[str]:
+    if not only:
+        return set(STAGES)
+    out = set()
+    for item in only:
+        match = [s for s in STAGES if s == item or s.startswith(item.zfill(2) + "_") or s.startswith(item)]
+        if not match:
+            raise PipelineError(f"Unknown stage {item!r}; stages: {', '.join(STAGES)}")
+        out.update(match)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m emolib.pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="default")
+    ap.add_argument("--run-dir", default=None, help="run folder (default runs/<profile>)")
+    ap.add_argument("--figures", default=None, help="figures folder (default: the profile's)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a parameter")
+    ap.add_argument("--only", default=None, help="comma-separated stages, e.g. 01,02")
+    ap.add_argument("--force", action="store_true", help="rerun stages even if up to date")
+    ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--log-output", action="store_true", help="stream notebook output to this terminal")
+    args = ap.parse_args(argv)
+    try:
+        run_pipeline(args.profile, args.run_dir, args.set, args.force,
+                     args.only.split(",") if args.only else None, args.figures,
+                     report=not args.no_report, log_output=args.log_output)
+    except PipelineError as err:
+        print(f"\nERROR: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
