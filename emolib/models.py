@@ -247,6 +247,27 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
     return model, tok, _info(model, tok, name, source, revision, dt, dev if not device_map else device_map)
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """A quick TCP probe of the Hub (or ``$HF_ENDPOINT``), so offline users wait seconds, not retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _offline_message(spec: str, detail: str) -> str:
+    return (f"Could not load {spec!r} from the Hugging Face Hub: {detail}. Use the embedded default "
+            f"(model='{DEFAULT_MODEL}'), or download the model on a machine with the Hub and pass its local "
+            "folder path (or a .gguf file) as the model spec.")
+
+
 def _load_from_hub(spec: str, kwargs: dict[str, Any]):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -254,16 +275,15 @@ def _load_from_hub(spec: str, kwargs: dict[str, Any]):
         model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=True, **kwargs)
         tok = AutoTokenizer.from_pretrained(spec, local_files_only=True)
     except OSError:
+        if not hub_reachable():
+            raise ModelLoadError(_offline_message(spec, "this machine is offline (the Hub cannot be reached) "
+                                                        "and the model is not in the local HF cache")) from None
         try:
             model = AutoModelForCausalLM.from_pretrained(spec, **kwargs)
             tok = AutoTokenizer.from_pretrained(spec)
         except OSError as err:
-            raise ModelLoadError(
-                f"Could not download {spec!r} from the Hugging Face Hub: this machine looks offline "
-                f"(or the id is wrong). Use the embedded default (model='{DEFAULT_MODEL}'), or download "
-                "the model elsewhere and pass its local folder path (or a .gguf file) as the model spec."
-                f"\nUnderlying error: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
-            ) from None
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise ModelLoadError(_offline_message(spec, f"the download failed ({first})")) from None
     revision = getattr(model.config, "_commit_hash", None) or "unknown"
     return model, tok, revision
 

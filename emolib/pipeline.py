@@ -49,10 +49,11 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def load_profile(name: str) -> dict[str, dict[str, Any]]:
-    path = PROFILES_DIR / f"{name}.toml"
+def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, dict[str, Any]]:
+    """Read ``<profiles_dir>/<name>.toml`` into ``{"common": {...}, stage: {...}, ...}``."""
+    path = Path(profiles_dir) / f"{name}.toml"
     if not path.exists():
-        known = sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+        known = sorted(p.stem for p in Path(profiles_dir).glob("*.toml"))
         raise PipelineError(f"Unknown profile {name!r}; known profiles: {', '.join(known)}.")
     with open(path, "rb") as f:
         prof = tomllib.load(f)
@@ -118,11 +119,13 @@ def stage_parameters(prof: dict[str, dict[str, Any]], stage: str, run: Path, fig
 
 def run_pipeline(profile: str = "default", run: str | Path | None = None, sets: list[str] | None = None,
                  force: bool = False, only: list[str] | None = None, figures: str | Path | None = None,
-                 report: bool = True, log_output: bool = False) -> list[StageResult]:
-    """Run the stages of ``profile`` in order; returns one result per stage (skipped ones included)."""
+                 report: bool = True, log_output: bool = False, notebooks_dir: str | Path = NOTEBOOKS_DIR,
+                 profiles_dir: str | Path = PROFILES_DIR) -> list[StageResult]:
+    """Run the stages of ``profile`` in order; returns one result per stage run or skipped."""
     import papermill as pm
 
-    prof = apply_overrides(load_profile(profile), sets or [])
+    notebooks_dir = Path(notebooks_dir)
+    prof = apply_overrides(load_profile(profile, Path(profiles_dir)), sets or [])
     run_path = run_dir(run or f"runs/{profile}")
     default_figs = prof["common"].pop("figures", None)
     changed_model = any(s.startswith("model=") for s in (sets or []))
@@ -135,13 +138,13 @@ def run_pipeline(profile: str = "default", run: str | Path | None = None, sets: 
     t_all = time.perf_counter()
     for stage in STAGES:
         params = stage_parameters(prof, stage, run_path, fig_path, profile)
-        digest = _hash({"params": params, "upstream": upstream, "notebook": _file_hash(NOTEBOOKS_DIR / f"{stage}.ipynb")})
+        digest = _hash({"params": params, "upstream": upstream, "notebook": _file_hash(notebooks_dir / f"{stage}.ipynb")})
         upstream = digest
         out_nb = run_path / "notebooks" / f"{stage}.ipynb"
         record_path = run_path / "stages" / f"{stage}.json"
         if stage not in selected:
             continue
-        src = NOTEBOOKS_DIR / f"{stage}.ipynb"
+        src = notebooks_dir / f"{stage}.ipynb"
         if not src.exists():
             _log(run_path, f"{stage}: notebook not written yet, skipped")
             continue

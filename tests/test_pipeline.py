@@ -1,0 +1,93 @@
+"""The papermill runner on throw-away notebooks: order, parameters, skipping, forcing, failure."""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from emolib.pipeline import STAGES, PipelineError, apply_overrides, load_profile, run_pipeline
+
+
+def _notebook(path, body: str) -> None:
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("profile = ''\nrun_dir = ''\nfigures_dir = ''\nmodel = ''\nvalue = 0")
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    nbs = tmp_path / "nbs"
+    nbs.mkdir()
+    for st in STAGES[:2]:
+        _notebook(nbs / f"{st}.ipynb",
+                  "import json, pathlib\n"
+                  f"p = pathlib.Path(run_dir) / '{st}.out'\n"
+                  "n = int(p.read_text()) + 1 if p.exists() else 1\n"
+                  "p.write_text(str(n))\n"
+                  "(pathlib.Path(run_dir) / 'seen.json').write_text(json.dumps({'model': model, 'value': value}))\n")
+    profs = tmp_path / "profiles"
+    profs.mkdir()
+    (profs / "t.toml").write_text(f'[common]\nmodel = "m0"\n\n["{STAGES[0]}"]\nvalue = 1\n\n["{STAGES[1]}"]\nvalue = 2\n')
+    return tmp_path, nbs, profs
+
+
+def _run(tmp, nbs, profs, **kw):
+    return run_pipeline("t", run=tmp / "run", notebooks_dir=nbs, profiles_dir=profs, report=False, **kw)
+
+
+def test_runs_in_order_then_skips_then_forces(setup):
+    tmp, nbs, profs = setup
+    res = _run(tmp, nbs, profs)
+    assert [r.status for r in res] == ["ok", "ok"]
+    assert json.loads((tmp / "run" / "seen.json").read_text()) == {"model": "m0", "value": 2}
+    assert (tmp / "run" / "notebooks" / f"{STAGES[0]}.ipynb").exists()
+    res = _run(tmp, nbs, profs)
+    assert [r.status for r in res] == ["skipped", "skipped"]
+    assert (tmp / "run" / f"{STAGES[0]}.out").read_text() == "1"
+    _run(tmp, nbs, profs, force=True)
+    assert (tmp / "run" / f"{STAGES[0]}.out").read_text() == "2"
+    log = (tmp / "run" / "pipeline.log").read_text()
+    assert "up to date" in log and f"{STAGES[1]}: ok in" in log
+
+
+def test_changed_parameter_reruns_that_stage_and_downstream(setup):
+    tmp, nbs, profs = setup
+    _run(tmp, nbs, profs)
+    res = _run(tmp, nbs, profs, sets=[f"{STAGES[0]}.value=5"])
+    assert [r.status for r in res] == ["ok", "ok"]  # upstream change invalidates the next stage too
+    res = _run(tmp, nbs, profs, sets=[f"{STAGES[0]}.value=5", f"{STAGES[1]}.value=7"])
+    assert [r.status for r in res] == ["skipped", "ok"]
+
+
+def test_failed_stage_stops_and_keeps_notebook(setup):
+    tmp, nbs, profs = setup
+    _notebook(nbs / f"{STAGES[0]}.ipynb", "raise ValueError('the notebook says no')")
+    with pytest.raises(PipelineError, match="the notebook says no"):
+        _run(tmp, nbs, profs)
+    assert (tmp / "run" / "notebooks" / f"{STAGES[0]}.ipynb").exists()
+    assert not (tmp / "run" / f"{STAGES[1]}.out").exists()
+    rec = json.loads((tmp / "run" / "stages" / f"{STAGES[0]}.json").read_text())
+    assert rec["status"] == "failed"
+
+
+def test_overrides_and_unknowns():
+    prof = {"common": {"model": "a"}, **{s: {} for s in STAGES}}
+    prof[STAGES[0]]["batch_size"] = 4
+    out = apply_overrides(prof, ["model=b", "batch_size=8", f"{STAGES[2]}.extra=true"])
+    assert out["common"]["model"] == "b" and out[STAGES[0]]["batch_size"] == 8 and out[STAGES[2]]["extra"] is True
+    with pytest.raises(PipelineError, match="no such parameter"):
+        apply_overrides(prof, ["nonsense=1"])
+    with pytest.raises(PipelineError, match="Unknown profile"):
+        load_profile("no-such-profile")
+
+
+def test_shipped_profiles_parse():
+    for name in ("smoke", "default", "paper"):
+        prof = load_profile(name)
+        assert prof["common"]["model"]
+        assert set(STAGES) <= set(prof)
