@@ -3,6 +3,20 @@
 A file written by :meth:`EmotionVectors.save` is a safetensors file (no pickle) whose metadata
 names the model, the layers, the hook site, the token offset, the pooling, the corpus, the
 denoising and the library version, so a vectors file found on a disk says what it is.
+
+The maths (STUDY.md section 3.1), as small pure functions tested on planted data:
+
+* :func:`emotion_means` -- per emotion, the mean of its stories' pooled means;
+* :func:`grand_mean_center` -- minus the mean across emotions, each emotion weighted equally
+  (not "emotion minus neutral": the common story-style component cancels);
+* :class:`NeutralPCA` / :func:`fit_neutral_pca` / :func:`neutral_pca_from_moments` -- principal
+  components of activations on emotionally neutral dialogues, fitted per layer, either on
+  per-dialogue means (sklearn ``PCA``) or on every token (from a streamed covariance);
+* :func:`project_out` -- removing the smallest number of top neutral components that explain
+  50 % of the neutral variance (the "50 % rule").
+
+:func:`compute_vectors` chains them into an :class:`EmotionVectors`; :meth:`EmotionVectors.to_gguf`
+writes one direction as a llama.cpp control vector.
 """
 
 from __future__ import annotations
@@ -42,6 +56,7 @@ class EmotionVectors:
     norms: torch.Tensor
     default_layer: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    center: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         self.vectors = torch.as_tensor(self.vectors, dtype=torch.float32)
@@ -59,6 +74,11 @@ class EmotionVectors:
             raise ValueError("emotion names must be unique")
         if self.norms.shape != (n_l,):
             raise ValueError(f"norms must have one entry per layer ({n_l}), got shape {tuple(self.norms.shape)}")
+        if self.center is not None:
+            self.center = torch.as_tensor(self.center, dtype=torch.float32)
+            if self.center.shape != (n_l, self.vectors.shape[-1]):
+                raise ValueError(f"center must be [layers, width] = {(n_l, self.vectors.shape[-1])}, "
+                                 f"got shape {tuple(self.center.shape)}")
         if self.default_layer is not None and self.default_layer not in self.layers:
             raise ValueError(f"default_layer {self.default_layer} is not among the layers {self.layers}")
 
@@ -107,8 +127,10 @@ class EmotionVectors:
         l_idx = [self._layer_pos(layer) for layer in layers] if layers is not None else list(range(len(self.layers)))
         new_layers = [self.layers[i] for i in l_idx]
         default = self.default_layer if self.default_layer in new_layers else None
+        center = self.center[l_idx].clone() if self.center is not None else None
         return replace(self, vectors=self.vectors[l_idx][:, e_idx].clone(), emotions=[self.emotions[i] for i in e_idx],
-                       layers=new_layers, norms=self.norms[l_idx].clone(), default_layer=default, meta=dict(self.meta))
+                       layers=new_layers, norms=self.norms[l_idx].clone(), default_layer=default, meta=dict(self.meta),
+                       center=center)
 
     def combine(self, weights: dict[str, float]) -> torch.Tensor:
         """A weighted sum of emotions at every layer, ``[layers, width]``: e.g. ``{"desperate": 1, "calm": -1}``."""
@@ -127,18 +149,102 @@ class EmotionVectors:
         if acts.shape[-1] != self.width:
             raise ValueError(f"Activations have width {acts.shape[-1]} but the vectors have width {self.width}.")
 
-    def project(self, acts: torch.Tensor, layer: int | None = None, unit: bool = True) -> torch.Tensor:
-        """Projection of activations ``[..., width]`` on each emotion: ``[..., emotions]``."""
+    def centered(self, acts: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """``acts`` minus the grand mean of the training stories at ``layer`` (see ``center``).
+
+        Raw activations carry a large component common to all text; subtracting the same grand
+        mean the vectors were centred with makes cosines comparable across emotions.
+        """
         self._check_width(acts)
+        if self.center is None:
+            raise ValueError("These vectors carry no center (grand mean); they were not made by compute_vectors.")
+        return acts.float() - self.center[self._layer_pos(layer)]
+
+    def project(self, acts: torch.Tensor, layer: int | None = None, unit: bool = True,
+                center: bool = False) -> torch.Tensor:
+        """Projection of activations ``[..., width]`` on each emotion: ``[..., emotions]``.
+
+        ``center=True`` subtracts the training grand mean first (:meth:`centered`).
+        """
+        self._check_width(acts)
+        a = self.centered(acts, layer) if center else acts.float()
         v = self.at(layer)
         if unit:
             v = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-        return acts.float() @ v.T
+        return a @ v.T
 
-    def cosine(self, acts: torch.Tensor, layer: int | None = None) -> torch.Tensor:
-        """Cosine similarity of activations ``[..., width]`` with each emotion: ``[..., emotions]``."""
-        proj = self.project(acts, layer, unit=True)
-        return proj / acts.float().norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    def cosine(self, acts: torch.Tensor, layer: int | None = None, center: bool = False) -> torch.Tensor:
+        """Cosine similarity of activations ``[..., width]`` with each emotion: ``[..., emotions]``.
+
+        ``center=True`` first subtracts the training grand mean, which is how the layer sweep
+        classifies held-out stories (nearest vector by cosine).
+        """
+        a = self.centered(acts, layer) if center else acts.float()
+        proj = self.project(a, layer, unit=True)
+        return proj / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+
+    def with_default_layer(self, layer: int) -> EmotionVectors:
+        """A copy whose ``default_layer`` is ``layer`` (checked against ``layers``)."""
+        self._layer_pos(layer)
+        return replace(self, default_layer=int(layer), meta=dict(self.meta))
+
+    # ---- llama.cpp --------------------------------------------------------------------------
+    def to_gguf(self, path: str | Path, expr: str | dict[str, float], layers: Sequence[int] | int | None = None,
+                strength: float = 1.0, scale: str = "norm", model_hint: str | None = None) -> Path:
+        """Write one direction (an emotion or an expression) as a llama.cpp control-vector GGUF.
+
+        llama.cpp's layout (``common_control_vector_load_one`` and ``llama_adapter_cvec``): a GGUF
+        of architecture ``controlvector`` with ``controlvector.model_hint`` and
+        ``controlvector.layer_count``, and one 1-D float32 tensor ``direction.<k>`` per layer.
+        The loader stores ``direction.k`` at buffer offset ``k - 1`` and ``apply`` reads offset
+        ``il - 1`` back into the tensor of block ``il``, which the graph adds to the output of
+        0-based block ``il`` (after its residual add). So ``direction.k`` steers the output of
+        block ``k`` -- the same index as emolib's layers (HF ``hidden_states[k + 1]``), with no
+        shift. ``direction.0`` is rejected by llama.cpp (block 0's output cannot be steered),
+        so layer 0 is refused here too.
+
+        ``scale="norm"`` (default) writes ``strength * norm[k] * unit(v)``: then llama.cpp's
+        ``--control-vector-scaled file.gguf S`` adds the same vector as emolib's
+        ``steer(..., strength=S)``. ``"unit"`` writes ``strength * unit(v)``; ``"raw"`` the
+        direction as stored. Note that llama.cpp adds the vector at every position, prompt
+        included (like ``scope="all"``), on the layers of ``--control-vector-layer-range``.
+        """
+        import gguf
+        import numpy as np
+
+        weights = parse_expression(expr, self.emotions) if isinstance(expr, str) else dict(expr)
+        if layers is None:
+            layers = [self.default_layer] if self.default_layer is not None else [x for x in self.layers if x > 0]
+        elif isinstance(layers, int):
+            layers = [layers]
+        layers = [int(x) for x in layers]
+        if 0 in layers:
+            raise ValueError("llama.cpp control vectors cannot steer block 0 (direction.0 is rejected by its loader).")
+        if scale not in {"norm", "unit", "raw"}:
+            raise ValueError(f"scale must be 'norm', 'unit' or 'raw', got {scale!r}")
+        combined = self.combine(weights)
+        hint = model_hint or str(self.meta.get("model", {}).get("model_type") or "llama")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = gguf.GGUFWriter(str(path), "controlvector")
+        writer.add_string("controlvector.model_hint", hint)
+        writer.add_uint32("controlvector.layer_count", len(layers))
+        writer.add_string("emolib.direction", json.dumps(weights, sort_keys=True))
+        writer.add_string("emolib.scale", scale)
+        writer.add_float32("emolib.strength", float(strength))
+        for layer in layers:
+            v = combined[self._layer_pos(layer)]
+            if scale != "raw":
+                n = v.norm()
+                if not torch.isfinite(n) or n == 0:
+                    raise ValueError(f"The direction {expr!r} is zero at layer {layer}.")
+                v = v / n * (self.norm_at(layer) if scale == "norm" else 1.0)
+            writer.add_tensor(f"direction.{layer}", (float(strength) * v).numpy().astype(np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        return path
 
     # ---- files ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -154,7 +260,10 @@ class EmotionVectors:
             "meta": json.dumps(self.meta, sort_keys=True, default=str),
         }
         tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file({"vectors": self.vectors.contiguous(), "norms": self.norms.contiguous()}, str(tmp), metadata=header)
+        tensors = {"vectors": self.vectors.contiguous(), "norms": self.norms.contiguous()}
+        if self.center is not None:
+            tensors["center"] = self.center.contiguous()
+        save_file(tensors, str(tmp), metadata=header)
         tmp.replace(path)
         return path
 
@@ -180,7 +289,7 @@ class EmotionVectors:
             raise ValueError(f"{path} has schema version {version}; this emolib reads up to {SCHEMA_VERSION}. Upgrade emolib.")
         return cls(vectors=tensors["vectors"], norms=tensors["norms"], emotions=json.loads(header["emotions"]),
                    layers=json.loads(header["layers"]), default_layer=json.loads(header["default_layer"]),
-                   meta=json.loads(header.get("meta", "{}")))
+                   meta=json.loads(header.get("meta", "{}")), center=tensors.get("center"))
 
 
 def parse_expression(expr: str, names: Sequence[str]) -> dict[str, float]:
@@ -207,3 +316,262 @@ def parse_expression(expr: str, names: Sequence[str]) -> dict[str, float]:
             raise KeyError(f"Unknown emotion {t!r} in {expr!r}." + (f" Did you mean: {', '.join(close)}?" if close else ""))
         weights[t] = weights.get(t, 0.0) + sign * coef
     return weights
+
+
+# ---- the maths ---------------------------------------------------------------------------------
+def emotion_means(story_means: torch.Tensor, labels: Sequence[str],
+                  emotions: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str], torch.Tensor]:
+    """Per-emotion mean of story means.
+
+    ``story_means`` is ``[n_stories, ..., width]`` (e.g. ``[n, layers, width]``); ``labels`` the
+    emotion of each story. Rows with NaN (stories too short to pool) are skipped. Returns
+    ``(means [emotions, ..., width] float32, emotion names, stories counted per emotion)``;
+    ``emotions`` fixes the order (default: order of first appearance). An emotion in ``emotions``
+    with no usable story is an error: a vector averaged over nothing would be silently NaN.
+    """
+    x = torch.as_tensor(story_means).double()
+    if x.shape[0] != len(labels):
+        raise ValueError(f"{x.shape[0]} story rows but {len(labels)} labels.")
+    names = list(dict.fromkeys(labels)) if emotions is None else list(emotions)
+    ok = ~torch.isnan(x.reshape(x.shape[0], -1)).any(dim=1)
+    lab = list(labels)
+    out, counts = [], []
+    for e in names:
+        rows = [i for i, lbl in enumerate(lab) if lbl == e and bool(ok[i])]
+        if not rows:
+            raise ValueError(f"No usable story for emotion {e!r} (none given, or all too short to pool).")
+        out.append(x[rows].mean(dim=0))
+        counts.append(len(rows))
+    return torch.stack(out).float(), names, torch.tensor(counts)
+
+
+def grand_mean_center(means: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``means - mean over emotions`` (each emotion weighted equally, whatever its story count).
+
+    Returns ``(centred, grand_mean)``; ``dim`` is the emotion axis. The centred vectors sum to
+    zero over emotions, so a component shared by all stories (the model's generic "story" state)
+    is gone.
+    """
+    m = torch.as_tensor(means).double()
+    g = m.mean(dim=dim, keepdim=True)
+    return (m - g).float(), g.squeeze(dim).float()
+
+
+def n_components_for(explained_variance_ratio: torch.Tensor | Sequence[float], threshold: float = 0.5) -> int:
+    """The smallest ``k`` whose top-``k`` components explain at least ``threshold`` of the variance.
+
+    ``threshold=0`` means no component (denoising off); ``threshold >= 1`` all of them.
+    """
+    r = torch.as_tensor(explained_variance_ratio, dtype=torch.float64)
+    if threshold <= 0:
+        return 0
+    cum = torch.cumsum(r, 0)
+    hit = torch.nonzero(cum >= threshold - 1e-12).flatten()
+    return int(hit[0]) + 1 if len(hit) else int(r.numel())
+
+
+def project_out(v: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Remove from ``v [..., width]`` its component in the span of ``basis [k, width]`` (orthonormal rows)."""
+    v = torch.as_tensor(v).float()
+    if basis.numel() == 0:
+        return v.clone()
+    b = basis.float()
+    return v - (v @ b.T) @ b
+
+
+@dataclass
+class NeutralPCA:
+    """Principal components of neutral activations, per layer.
+
+    ``components[i]`` is ``[n_kept, width]`` for layer ``layers[i]`` (orthonormal rows, by
+    decreasing variance), ``explained[i]`` the explained-variance ratio of *all* components at
+    that layer (so the 50 % rule can be re-applied with another threshold), ``mode`` says what
+    the PCA saw: ``"token"`` (every token of every dialogue, positions >= start) or
+    ``"dialogue"`` (one pooled mean per dialogue); ``n_samples`` how many rows it saw.
+    """
+
+    layers: list[int]
+    components: list[torch.Tensor]
+    explained: list[torch.Tensor]
+    mode: str
+    n_samples: int
+    threshold: float = 0.5
+
+    def n_removed(self, threshold: float | None = None) -> list[int]:
+        t = self.threshold if threshold is None else threshold
+        return [n_components_for(r, t) for r in self.explained]
+
+    def basis(self, layer: int, threshold: float | None = None) -> torch.Tensor:
+        """The top components to project out at ``layer`` under the threshold: ``[k, width]``."""
+        if layer not in self.layers:
+            raise ValueError(f"The neutral PCA has no layer {layer} (layers {self.layers}).")
+        i = self.layers.index(layer)
+        k = n_components_for(self.explained[i], self.threshold if threshold is None else threshold)
+        if k > self.components[i].shape[0]:
+            raise ValueError(f"Layer {layer} needs {k} components but only {self.components[i].shape[0]} were kept; "
+                             "refit with a larger max_components.")
+        return self.components[i][:k]
+
+
+def _check_rows(x: torch.Tensor, what: str) -> torch.Tensor:
+    x = torch.as_tensor(x).double()
+    ok = ~torch.isnan(x.reshape(x.shape[0], -1)).any(dim=1)
+    if int(ok.sum()) < 2:
+        raise ValueError(f"The neutral PCA needs at least 2 usable {what}; got {int(ok.sum())}.")
+    return x[ok]
+
+
+def fit_neutral_pca(dialogue_means: torch.Tensor, layers: Sequence[int], threshold: float = 0.5,
+                    max_components: int = 64, seed: int = 0) -> NeutralPCA:
+    """Per-dialogue PCA (sklearn ``PCA``) on ``dialogue_means [n, layers, width]``.
+
+    sklearn centres the data, so the first component is not the mean. At most ``n - 1``
+    components exist; ``explained`` covers all of them (ratios of the total variance).
+    """
+    from sklearn.decomposition import PCA
+
+    x = _check_rows(dialogue_means, "dialogues")
+    if x.dim() == 2:
+        x = x.unsqueeze(1)
+    comps, expl = [], []
+    for i in range(x.shape[1]):
+        pca = PCA(svd_solver="full", random_state=seed).fit(x[:, i].numpy())
+        ratio = torch.as_tensor(pca.explained_variance_ratio_, dtype=torch.float64)
+        keep = max(n_components_for(ratio, threshold), min(max_components, ratio.numel()))
+        comps.append(torch.as_tensor(pca.components_[:keep], dtype=torch.float32))
+        expl.append(ratio)
+    return NeutralPCA(layers=list(layers), components=comps, explained=expl, mode="dialogue",
+                      n_samples=int(x.shape[0]), threshold=threshold)
+
+
+def neutral_pca_from_moments(count: int, total: torch.Tensor, outer: torch.Tensor, layers: Sequence[int],
+                             threshold: float = 0.5, max_components: int = 64) -> NeutralPCA:
+    """Per-token PCA from streamed moments: ``total [layers, width]`` = sum of tokens,
+    ``outer [layers, width, width]`` = sum of outer products, over ``count`` tokens.
+
+    The covariance ``outer / n - mean mean^T`` is eigendecomposed (float64); its eigenvectors are
+    the principal axes sklearn's ``PCA`` would find on the same token matrix (tests check this),
+    without ever holding the tokens in memory.
+    """
+    if count < 2:
+        raise ValueError(f"The per-token neutral PCA needs at least 2 tokens; got {count}.")
+    total = torch.as_tensor(total).double()
+    outer = torch.as_tensor(outer).double()
+    comps, expl = [], []
+    for i in range(total.shape[0]):
+        mu = total[i] / count
+        cov = outer[i] / count - torch.outer(mu, mu)
+        cov = (cov + cov.T) / 2
+        evals, evecs = torch.linalg.eigh(cov)
+        evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
+        ratio = evals / evals.sum().clamp_min(1e-300)
+        keep = max(n_components_for(ratio, threshold), min(max_components, ratio.numel()))
+        comps.append(evecs[:, :keep].T.float().contiguous())
+        expl.append(ratio)
+    return NeutralPCA(layers=list(layers), components=comps, explained=expl, mode="token",
+                      n_samples=int(count), threshold=threshold)
+
+
+def denoise(vectors: EmotionVectors, pca: NeutralPCA, threshold: float | None = None) -> EmotionVectors:
+    """Project the top neutral components (50 % rule by default) out of every vector, layer by layer.
+
+    Centring and projection are both linear, so the order does not matter (STUDY.md 3.2). The
+    number removed per layer and the settings go into ``meta["denoise"]``.
+    """
+    t = pca.threshold if threshold is None else threshold
+    out = vectors.vectors.clone()
+    removed = []
+    for i, layer in enumerate(vectors.layers):
+        b = pca.basis(layer, t)
+        out[i] = project_out(vectors.vectors[i], b)
+        removed.append(int(b.shape[0]))
+    meta = dict(vectors.meta)
+    meta["denoise"] = {"method": "project out top neutral principal components", "threshold": t,
+                       "pca_mode": pca.mode, "n_neutral_samples": pca.n_samples,
+                       "n_removed": dict(zip([str(x) for x in vectors.layers], removed))}
+    return replace(vectors, vectors=out, meta=meta)
+
+
+def compute_vectors(story_means: torch.Tensor, labels: Sequence[str], layers: Sequence[int],
+                    norms: torch.Tensor | Sequence[float], emotions: Sequence[str] | None = None,
+                    neutral: NeutralPCA | None = None, threshold: float = 0.5,
+                    meta: dict[str, Any] | None = None) -> EmotionVectors:
+    """Emotion vectors from pooled story means ``[n_stories, layers, width]``.
+
+    ``v_e = mean over stories of e - mean over emotions`` at every layer (each emotion weighted
+    equally), then, if ``neutral`` is given, projected off the neutral components that explain
+    ``threshold`` of the neutral variance. ``center`` keeps the grand mean, so read-outs on new
+    activations can subtract it. ``meta`` (model, corpus, token offset...) is stored with
+    the pooling and denoising settings added.
+    """
+    x = torch.as_tensor(story_means)
+    if x.dim() != 3 or x.shape[1] != len(layers):
+        raise ValueError(f"story_means must be [stories, {len(layers)} layers, width], got {tuple(x.shape)}")
+    means, names, counts = emotion_means(x, labels, emotions)
+    centred, grand = grand_mean_center(means, dim=0)
+    m = dict(meta or {})
+    m.setdefault("pooling", "mean over token positions >= start per story; mean of story means per emotion; "
+                            "minus the mean over emotions (each emotion weighted equally)")
+    m["stories_per_emotion"] = dict(zip(names, [int(c) for c in counts]))
+    m.setdefault("denoise", None)
+    vec = EmotionVectors(vectors=centred.transpose(0, 1).contiguous(), emotions=names, layers=list(layers),
+                         norms=torch.as_tensor(norms, dtype=torch.float32), meta=m, center=grand)
+    if neutral is not None and threshold > 0:
+        vec = denoise(vec, neutral, threshold)
+    return vec
+
+
+def read_gguf_control_vector(path: str | Path) -> tuple[dict[int, torch.Tensor], dict[str, Any]]:
+    """Read a llama.cpp control-vector GGUF back: ``({layer: direction}, {key: value})``.
+
+    Layers are the ``k`` of ``direction.k`` (the 0-based block whose output llama.cpp steers).
+    """
+    import gguf
+
+    reader = gguf.GGUFReader(str(path))
+    arch = reader.get_field("general.architecture")
+    if arch is None or arch.contents() != "controlvector":
+        raise ValueError(f"{path} is not a llama.cpp control-vector GGUF (architecture {arch and arch.contents()!r}).")
+    fields = {name: f.contents() for name, f in reader.fields.items() if not name.startswith("GGUF.")}
+    out: dict[int, torch.Tensor] = {}
+    for t in reader.tensors:
+        prefix, _, idx = t.name.partition(".")
+        if prefix != "direction" or not idx.isdigit():
+            raise ValueError(f"Unexpected tensor {t.name!r} in {path}.")
+        out[int(idx)] = torch.tensor(t.data.copy(), dtype=torch.float32).reshape(-1)
+    return out, fields
+
+
+def remove_corpus_offsets(story_means: torch.Tensor, labels: Sequence[str],
+                          corpora: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Align corpora by different writers before pooling them into one set of vectors.
+
+    A writer adds a constant style offset to every story. The corpus covering the most emotions
+    is the anchor; every other corpus is shifted by the mean, over the emotions it shares with
+    the anchor, of (its emotion mean - the anchor's emotion mean). Comparing like with like
+    (same emotions) keeps the emotion signal out of the offset estimate; without any alignment,
+    emotions covered by only one corpus would absorb that corpus's offset. With no shared
+    emotion the corpora's grand means are used instead (less exact). Returns the shifted means
+    and the offset removed from each corpus (zero for the anchor).
+    """
+    x = torch.as_tensor(story_means).float()
+    names = list(dict.fromkeys(corpora))
+    rows = {c: [i for i, k in enumerate(corpora) if k == c] for c in names}
+    means = {}
+    for c in names:
+        m, emos, _ = emotion_means(x[rows[c]], [labels[i] for i in rows[c]])
+        means[c] = dict(zip(emos, m.double()))
+    anchor = max(names, key=lambda c: len(means[c]))
+    out = x.clone()
+    offsets = {}
+    for c in names:
+        shared = [e for e in means[c] if e in means[anchor]]
+        if c == anchor:
+            delta = torch.zeros_like(x[0]).double()
+        elif shared:
+            delta = torch.stack([means[c][e] - means[anchor][e] for e in shared]).mean(0)
+        else:
+            delta = torch.stack(list(means[c].values())).mean(0) - torch.stack(list(means[anchor].values())).mean(0)
+        offsets[c] = delta.float()
+        out[rows[c]] = x[rows[c]] - delta.float()
+    return out, offsets
