@@ -304,3 +304,46 @@ def load_records(source: str, run: str | Path, kind: str = "story",
 def activations_folder(run: str | Path, source: str, kind: str) -> Path:
     """``<run>/activations/<source>_<kind>``: one resumable shard folder per corpus and kind."""
     return Path(run) / "activations" / f"{source}_{kind}"
+
+
+def cached_token_moments(model, tokenizer, records: Sequence[dict], path: str | Path, *, model_id: str,
+                         layers: Sequence[int] | None = None, start: int = 50, batch_size: int = 8,
+                         max_length: int | None = 1024) -> TokenMoments:
+    """:func:`neutral_token_moments` for ``records``, cached in ``path`` (one safetensors file).
+
+    The file holds the count, the mean (float64) and the covariance (float32: ~40 MB for 30 layers
+    of width 576) and, as metadata, the settings and the corpus hash; it is reused only when all of
+    them match, else recomputed and overwritten.
+    """
+    from safetensors import safe_open
+
+    idx = _resolve_layers(model, layers)
+    path = Path(path)
+    settings = {**_settings(model_id, start, idx, max_length), "corpus": corpus_hash(records)}
+    if path.exists():
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if json.loads(meta.get("settings", "{}")) == settings:
+                count = int(meta["count"])
+                mean, cov = f.get_tensor("mean"), f.get_tensor("cov").double()
+                return TokenMoments(layers=idx, count=count, total=torch.zeros_like(mean), outer=cov * count,
+                                    shift=mean, seconds=float(meta.get("seconds", 0)),
+                                    total_tokens=int(meta.get("total_tokens", 0)))
+    mom = neutral_token_moments(model, tokenizer, [r["text"] for r in records], layers=idx, start=start,
+                                batch_size=batch_size, max_length=max_length)
+    save_moments(mom, path, settings)
+    return mom
+
+
+def save_moments(mom: TokenMoments, path: str | Path, settings: dict[str, Any]) -> Path:
+    """Write ``mom`` as count + mean (float64) + covariance (float32) with ``settings`` as metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"mean": mom.mean().contiguous(), "cov": mom.covariance().float().contiguous()}, str(tmp),
+              metadata={"settings": json.dumps(settings), "count": str(mom.count), "seconds": f"{mom.seconds:.3f}",
+                        "total_tokens": str(mom.total_tokens)})
+    tmp.replace(path)
+    return path

@@ -112,6 +112,33 @@ class PooledActivations:
         return self.n_tokens > 0
 
 
+def pad_id_of(tokenizer) -> int:
+    """The id used for padding: the tokenizer's pad token, else its EOS, else 0."""
+    pid = tokenizer.pad_token_id
+    if pid is None:
+        pid = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+    return int(pid)
+
+
+def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """``(input_ids, attention_mask)`` for token-id lists padded on ``side`` ("left" or "right")."""
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
+    mask = torch.zeros(len(seqs), width, dtype=torch.long)
+    for j, s in enumerate(seqs):
+        if not s:
+            continue
+        span = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[j, span] = torch.as_tensor(list(s), dtype=torch.long)
+        mask[j, span] = 1
+    return ids, mask
+
+
+def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left padding, what batched generation and last-token read-outs need."""
+    return pad_batch(seqs, pad_id, "left")
+
+
 def relative_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of each position counted from its row's first real token (-1 on left padding)."""
     return attention_mask.long().cumsum(dim=-1) - 1
@@ -150,16 +177,18 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
 
     def make_hook(layer: int):
         def hook(_module, _args, output):
-            h = _block_output(output).float()
-            pool_mask = state["pool_mask"]
-            sums[state["rows"], slot[layer]] += (h * pool_mask).sum(dim=1).double().cpu()
-            norms = h.norm(dim=-1) * state["norm_mask"]
-            norm_sum[slot[layer]] += norms.sum().double().cpu()
+            h = _block_output(output)
+            if h.dtype != torch.float32:
+                h = h.float()
+            # [B, 1, T] @ [B, T, D]: the masked sum as one batched matmul, no [B, T, D] temporary
+            sums[state["rows"], slot[layer]] += torch.bmm(state["pool_mask"], h)[:, 0].double().cpu()
+            norms = torch.linalg.vector_norm(h, dim=-1)
+            norm_sum[slot[layer]] += (norms * state["norm_mask"]).sum().double().cpu()
             if layer == deepest:
                 raise _StopForward
         return hook
 
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(tokenizer)
     side = getattr(tokenizer, "padding_side", "right")
     batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
     bar = _progress(len(texts), desc) if progress else None
@@ -170,21 +199,11 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
     try:
         with torch.inference_mode():
             for rows in batches:
-                seqs = [enc[r] for r in rows]
-                width_t = max(len(s) for s in seqs)
-                ids_t = torch.full((len(rows), width_t), pad_id, dtype=torch.long)
-                mask = torch.zeros(len(rows), width_t, dtype=torch.long)
-                for j, s in enumerate(seqs):
-                    if side == "left":
-                        ids_t[j, width_t - len(s):] = torch.tensor(s)
-                        mask[j, width_t - len(s):] = 1
-                    else:
-                        ids_t[j, :len(s)] = torch.tensor(s)
-                        mask[j, :len(s)] = 1
+                ids_t, mask = pad_batch([enc[r] for r in rows], pad_id, side)
                 rel = relative_positions(mask)
                 pool = (mask.bool() & (rel >= start)).to(dev)
                 state["rows"] = torch.tensor(rows)
-                state["pool_mask"] = pool.unsqueeze(-1).float()
+                state["pool_mask"] = pool.unsqueeze(1).float()
                 state["norm_mask"] = (mask.bool() & (rel >= 1)).float().to(dev)
                 counts[rows] = pool.sum(dim=1).cpu()
                 norm_count += int((mask.bool() & (rel >= 1)).sum())

@@ -42,18 +42,25 @@ _CSS = """
 
 @dataclass
 class HtmlView:
-    """An HTML view: ``fragment`` for a notebook cell, :meth:`document` / :meth:`save` for a file."""
+    """An HTML view: :attr:`fragment` for a notebook cell, :meth:`document` / :meth:`save` for a file."""
 
-    fragment: str
+    body: str
     title: str = "emotion monitor"
+    css: str = _CSS
+
+    @property
+    def fragment(self) -> str:
+        """The view with its style inline, for embedding (a notebook output cell)."""
+        return f"<style>{self.css}</style>{self.body}"
 
     def _repr_html_(self) -> str:  # Jupyter displays this
         return self.fragment
 
     def document(self) -> str:
-        """A complete, self-contained HTML5 document."""
+        """A complete, self-contained HTML5 document (style in the head, no script, no link)."""
         return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-                f"<title>{html.escape(self.title)}</title>\n</head>\n<body>\n{self.fragment}\n</body>\n</html>\n")
+                f"<title>{html.escape(self.title)}</title>\n<style>{self.css}</style>\n</head>\n<body>\n"
+                f"{self.body}\n</body>\n</html>\n")
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -115,7 +122,7 @@ def heatmap_view(trace: MonitorTrace, emotions: Sequence[str], kind: str = "auto
         extra = (" | ALERT: " + ", ".join(alert_at[t])) if t in alert_at else ""
         tips.append(html.escape(f"{head} | top {label}: {body}{extra}", quote=True))
     starts = {i: (turn, role) for i, turn, role in trace.chat.turn_starts()}
-    out = [f"<style>{_CSS}</style>", '<div class="emo-monitor">']
+    out = ['<div class="emo-monitor">']
     if title:
         out.append(f"<h3>{html.escape(title)}</h3>")
     out.append(f'<div class="note">{html.escape(label)}; colour scale shared by the emotions shown: '
@@ -137,7 +144,7 @@ def heatmap_view(trace: MonitorTrace, emotions: Sequence[str], kind: str = "auto
                 out.append("<br>")
         out.append("</div>")
     out.append("</div>")
-    return HtmlView(fragment="".join(out), title=title or "emotion monitor")
+    return HtmlView(body="".join(out), title=title or "emotion monitor")
 
 
 def trace_figure(trace: MonitorTrace, emotions: Sequence[str], kind: str = "auto", marker_index: int | None = None,

@@ -49,6 +49,17 @@ class Correlation:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def short(self) -> str:
+        """Compact form for figure titles: ``r = 0.42 [0.30, 0.55], p = 0.001, n = 150``."""
+        if not self.computable:
+            return f"r not computable (n = {self.n})"
+        out = f"r = {self.r:.2f}"
+        if math.isfinite(self.ci_low):
+            out += f" [{self.ci_low:.2f}, {self.ci_high:.2f}]"
+        if math.isfinite(self.p_perm):
+            out += f", p = {self.p_perm:.2g}"
+        return out + f", n = {self.n}"
+
     def __str__(self) -> str:
         if not self.computable:
             return f"{self.method} r not computable (n={self.n}: {self.note})"

@@ -571,9 +571,15 @@ def check_text(text: str, kind: str, emotion: str | None, *, hit_length_limit: b
     return None
 
 
+def trim_to_sentence(text: str) -> str:
+    """``text`` cut back to the end of its last complete sentence ("" if it has none)."""
+    ends = list(re.finditer(r"[.!?…][\"'”’)\]]*(?=\s|$)", text))
+    return text[: ends[-1].end()].rstrip() if ends else ""
+
+
 def story_records(raw: Iterable[dict[str, Any]], count_tokens: Callable[[str], int] | None = None,
                   min_tokens: int = 60, checks: Sequence[str] | None = None,
-                  source: str = "generated") -> list[dict[str, Any]]:
+                  source: str = "generated", trim_cut: bool = False) -> list[dict[str, Any]]:
     """Parse raw generation records (see :func:`emolib.generation.generate_to_store`) into corpus
     records, one per story or dialogue, each with ``kept`` and ``drop_reason``.
 
@@ -581,6 +587,12 @@ def story_records(raw: Iterable[dict[str, Any]], count_tokens: Callable[[str], i
     token 50, so ``min_tokens`` = 50 + a margin); without it, tokens are estimated as 1.3 x words.
     ``checks`` (default: all of :data:`CHECKS` / :data:`NEUTRAL_CHECKS`) chooses which checks run;
     the smoke profile turns off the ones a random model cannot pass.
+
+    ``trim_cut``: the last story of an output that hit ``max_new_tokens`` is cut back to its last
+    complete sentence and then checked like any other (too short after the cut: dropped); such
+    records carry ``gen["trimmed"] = True``. Off, a cut story is dropped as ``truncated``. A small
+    writer rarely stops by itself within a CPU budget, so the default profile trims; the pooled
+    activations of 02 need complete sentences, not the story's ending.
     """
     count = count_tokens or (lambda t: int(round(1.3 * len(words(t)))))
     out: list[dict[str, Any]] = []
@@ -592,18 +604,23 @@ def story_records(raw: Iterable[dict[str, Any]], count_tokens: Callable[[str], i
         if not pieces:
             pieces = [""]
         for k, piece in enumerate(pieces):
-            text = to_dialogue(piece)[0] or piece if kind == "neutral" else piece
             last = k == len(pieces) - 1
+            cut = last and r.get("finish") == "length"
+            gen = r.get("gen")
+            if cut and trim_cut and trim_to_sentence(piece):
+                piece, cut = trim_to_sentence(piece), False
+                gen = dict(gen or {}, trimmed=True)
+            text = to_dialogue(piece)[0] or piece if kind == "neutral" else piece
             # duplicates are judged within an emotion for stories, across the whole set for dialogues
             state = seen.setdefault(r.get("emotion") or "_neutral", {})
-            reason = check_text(text, kind, r.get("emotion"), hit_length_limit=last and r.get("finish") == "length",
+            reason = check_text(text, kind, r.get("emotion"), hit_length_limit=cut,
                                 n_tokens=count(text) if text else 0, min_tokens=min_tokens, seen=state,
                                 checks=active)
             out.append({
                 "id": f"{r['id']}-{k}", "kind": kind, "emotion": r.get("emotion"), "topic_id": r.get("topic_id"),
                 "topic": r.get("topic"), "person": guess_person(text) if kind == "story" else None,
                 "text": text, "writer": r.get("writer"), "source": source, "prompt_id": r["id"],
-                "seed": r.get("seed"), "gen": r.get("gen"), "kept": reason is None, "drop_reason": reason,
+                "seed": r.get("seed"), "gen": gen, "kept": reason is None, "drop_reason": reason,
             })
     return out
 
@@ -745,7 +762,8 @@ def generate_corpus(model, tokenizer, run: str | Path, *, writer: str, emotions:
                     stories_per_prompt: int, samples_per_topic: int, settings, neutral_settings,
                     n_neutral_prompts: int, dialogues_per_prompt: int, seed: int,
                     count_tokens: Callable[[str], int] | None = None, min_tokens: int = 60,
-                    checks: Sequence[str] | None = None, progress: bool = True) -> CorpusRun:
+                    checks: Sequence[str] | None = None, trim_cut: bool = False,
+                    progress: bool = True) -> CorpusRun:
     """Write ``<run>/stories/{raw_stories,raw_neutral,stories,neutral}.jsonl``.
 
     ``model``/``tokenizer`` are the *writer*; ``count_tokens`` should count tokens with the subject
@@ -765,8 +783,8 @@ def generate_corpus(model, tokenizer, run: str | Path, *, writer: str, emotions:
         njobs = neutral_jobs(n_neutral_prompts, dialogues_per_prompt, seed)
         nrep = generate_to_store(model, tokenizer, make_prompts(tokenizer, njobs), folder / "raw_neutral.jsonl",
                                  neutral_settings, seed=seed, writer=writer, progress=progress, desc="neutral")
-        neutral = story_records(nrep.records, count_tokens, min_tokens, checks)
-    stories = story_records(srep.records, count_tokens, min_tokens, checks)
+        neutral = story_records(nrep.records, count_tokens, min_tokens, checks, trim_cut=trim_cut)
+    stories = story_records(srep.records, count_tokens, min_tokens, checks, trim_cut=trim_cut)
     write_jsonl(folder / "stories.jsonl", stories)
     write_jsonl(folder / "neutral.jsonl", neutral)
     return CorpusRun(stories, neutral, srep, nrep, folder)

@@ -462,7 +462,7 @@ def neutral_pca_from_moments(count: int, total: torch.Tensor, outer: torch.Tenso
         mu = total[i] / count
         cov = outer[i] / count - torch.outer(mu, mu)
         cov = (cov + cov.T) / 2
-        evals, evecs = torch.linalg.eigh(cov)
+        evals, evecs = _eigh_one_thread(cov)
         evals, evecs = evals.flip(0).clamp_min(0), evecs.flip(1)
         ratio = evals / evals.sum().clamp_min(1e-300)
         keep = max(n_components_for(ratio, threshold), min(max_components, ratio.numel()))
@@ -470,6 +470,17 @@ def neutral_pca_from_moments(count: int, total: torch.Tensor, outer: torch.Tenso
         expl.append(ratio)
     return NeutralPCA(layers=list(layers), components=comps, explained=expl, mode="token",
                       n_samples=int(count), threshold=threshold)
+
+
+def _eigh_one_thread(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``torch.linalg.eigh`` on one thread: on the shared 2-core machine a 576x576 eigh took 0.06 s
+    single-threaded but 0.1-10 s (erratic) with 2 threads competing with other processes."""
+    prev = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return torch.linalg.eigh(m)
+    finally:
+        torch.set_num_threads(prev)
 
 
 def denoise(vectors: EmotionVectors, pca: NeutralPCA, threshold: float | None = None) -> EmotionVectors:

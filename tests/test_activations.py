@@ -94,3 +94,19 @@ def test_token_moments_text_means_equal_pooled_means(tiny):
     ok = ref.ok
     assert torch.isnan(mom.text_means[~ok]).all()
     assert torch.allclose(mom.text_means[ok], ref.means[ok], atol=1e-5)
+
+
+def test_cached_token_moments_reuse_and_invalidate(tiny, tmp_path):
+    from emolib.activations import cached_token_moments
+
+    model, tok = tiny
+    path = tmp_path / "m.safetensors"
+    a = cached_token_moments(model, tok, RECORDS, path, model_id="tiny", start=3)
+    stamp = path.stat().st_mtime_ns
+    b = cached_token_moments(model, tok, RECORDS, path, model_id="tiny", start=3)
+    assert path.stat().st_mtime_ns == stamp  # reused, not recomputed
+    assert b.count == a.count
+    assert torch.allclose(b.covariance(), a.covariance(), rtol=1e-5, atol=1e-7)
+    assert torch.allclose(b.mean(), a.mean(), atol=1e-7)
+    c = cached_token_moments(model, tok, RECORDS[:4], path, model_id="tiny", start=3)  # another corpus
+    assert c.count < a.count and path.stat().st_mtime_ns != stamp

@@ -147,3 +147,17 @@ def test_figures_draw_every_label():
               geo.plot_map(x[:, :2], words, [0] * 6 + [1] * 6, highlight=["happy"]),
               geo.plot_explained(np.array([0.5, 0.3, 0.1]))):
         plt.close(f)
+
+
+def test_decodability_finds_a_planted_rating_off_the_first_pc():
+    rng = np.random.default_rng(0)
+    n, width = 60, 30
+    x = rng.standard_normal((n, width))
+    x[:, 0] *= 6  # the largest direction of variation carries nothing
+    target = x[:, 5] + 0.1 * rng.standard_normal(n)
+    target[:3] = np.nan  # unrated words are dropped
+    pcs = geo.pc_correlations(x, [f"w{i}" for i in range(n)], target, n_components=3)
+    assert abs(pcs[0]) < 0.4
+    c = geo.decodability(x, target, folds=5)
+    assert c.n == 57 and c.r > 0.6 and c.ci_low > 0.3
+    assert not geo.decodability(x[:4], target[:4]).computable

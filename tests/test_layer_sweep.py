@@ -62,6 +62,8 @@ def test_sweep_finds_planted_layers_and_chance_elsewhere():
     assert sweep.top1["probe"][2] > 0.8
     assert np.isnan(sweep.top1["probe"][1]) and np.isnan(sweep.top1["denoised"][1])  # not run
     assert sweep.n_test == len(labels)
+    with pytest.raises(ValueError, match="one column per entry of layers"):
+        layer_sweep(x, labels, topics, layers=[2], n_folds=4)
 
 
 def test_denoising_helps_when_a_nuisance_dominates():

@@ -263,7 +263,7 @@ def test_heatmap_html_is_valid_and_self_contained(tiny, tmp_path):
     trace = mon.score(model, tok, tricky)
     view = heatmap_view(trace, ["desperate", "calm"], title="test <view>")
     doc = view.save(tmp_path / "v.html").read_text(encoding="utf-8")
-    assert doc.startswith("<!DOCTYPE html>")
+    assert doc.startswith("<!DOCTYPE html>") and doc.index("<style>") < doc.index("</head>") < doc.index("<body>")
     checker = _Checker()
     checker.feed(doc)
     checker.close()

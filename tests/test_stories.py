@@ -169,6 +169,18 @@ def test_truncation_only_blames_the_last_story_of_a_cut_output():
     assert [r["drop_reason"] for r in recs] == [None, None, "truncated"]
 
 
+def test_trim_cut_keeps_the_complete_sentences_of_a_cut_story():
+    out = LONG + " Then she turned to the"
+    dropped = story_records([_raw(0, out, finish="length")])
+    assert dropped[0]["drop_reason"] == "truncated"
+    trimmed = story_records([_raw(0, out, finish="length")], trim_cut=True)
+    assert trimmed[0]["kept"] and trimmed[0]["text"] == LONG and trimmed[0]["gen"]["trimmed"] is True
+    short = story_records([_raw(0, STORY + " Then she", finish="length")], trim_cut=True)
+    assert short[0]["drop_reason"] == "too_short"
+    assert story_records([_raw(0, "and then she went on and on without any end at all", finish="length")],
+                         trim_cut=True)[0]["drop_reason"] == "truncated"
+
+
 def test_neutral_records_are_relabelled_and_checked():
     good = ("Person: What is the boiling point of water at sea level?\nAI: 100 degrees Celsius at standard "
             "atmospheric pressure, which is 101.325 kilopascals.\nPerson: And at 3000 metres?\nAI: About 90 degrees "

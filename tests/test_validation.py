@@ -219,3 +219,15 @@ def test_summary_rows_have_the_metric_fields():
     assert all({"key", "label", "ours", "paper", "note"} <= set(r) for r in rows)
     assert dict(zip(keys, [r["ours"] for r in rows]))["scenario_wins_raw"] == 3
     assert len(validation.summary_table(rows)) == len(rows)
+
+
+def test_readout_leaves_no_hooks_even_after_an_error(tiny):
+    from emolib.steering import active_hooks
+
+    model, tok = tiny
+    seqs = [tok("Some text here.")["input_ids"]]
+    residual_at(model, tok, seqs, [[0]], [1])
+    assert active_hooks(model) == 0
+    with pytest.raises((IndexError, RuntimeError)):
+        residual_at(model, tok, [[10**9]], [[0]], [1])  # an out-of-vocabulary id fails inside the forward
+    assert active_hooks(model) == 0

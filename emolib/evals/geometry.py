@@ -354,8 +354,38 @@ def correlate_with_norms(result: PCAResult, norms, pairs: Sequence[tuple[int, st
         y = norms.values(result.emotions, dim, exact_only=exact_only)
         c: Correlation = correlation(result.pc(i), y, n_boot=n_boot, n_perm=n_perm, seed=seed)
         rows.append({"pc": i + 1, "dimension": dim, "source": norms.source, "exact_only": exact_only,
-                     **c.as_dict(), "text": str(c)})
+                     **c.as_dict(), "text": str(c), "short": c.short()})
     return rows
+
+
+def pc_correlations(vectors, emotions: Sequence[str], target: np.ndarray, n_components: int = 10) -> list[float]:
+    """Pearson r of each of the first ``n_components`` PCs (sign convention applied) with ``target``.
+
+    Shows *where* a rating lives when it is not on PC1 (no CI: a diagnostic, not a headline).
+    """
+    p = pca(vectors, emotions, n_components=n_components)
+    return [correlation(p.pc(i), target, n_boot=0, n_perm=0).r for i in range(p.scores.shape[1])]
+
+
+def decodability(vectors, target: np.ndarray, folds: int = 10, seed: int = 0) -> Correlation:
+    """Is a rating linearly readable from the vectors at all, even if not on one PC?
+
+    Ridge regression from the unit-normalised vectors to ``target`` (words without a rating
+    dropped), ``alpha`` chosen inside each training fold (``RidgeCV``), predictions made
+    out-of-fold; returns r(prediction, rating) with a bootstrap CI (no permutation p: refitting
+    for every shuffle would cost more than the rest of the stage).
+    """
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    x, y = unit_rows(vectors), _np(target)
+    ok = np.isfinite(y)
+    n = int(ok.sum())
+    if n < max(5, folds):
+        return Correlation(math.nan, math.nan, math.nan, math.nan, n, note="too few rated words to cross-validate")
+    cv = KFold(n_splits=folds, shuffle=True, random_state=seed)
+    pred = cross_val_predict(RidgeCV(alphas=np.logspace(-2, 4, 13)), x[ok], y[ok], cv=cv)
+    return correlation(pred, y[ok], n_boot=1000, n_perm=0, seed=seed)
 
 
 def valence_arousal_correlation(norms, words: Sequence[str]) -> Correlation:
@@ -452,7 +482,8 @@ def find_row(rows: Sequence[dict[str, Any]], pc: int, dimension: str, source: st
 
 
 def metric_rows(p: PCAResult, corr_rows: Sequence[dict[str, Any]], agreement: ClusterAgreement,
-                km: KMeansResult, rsa: RSAResult | None, layer: int) -> list[dict[str, Any]]:
+                km: KMeansResult, rsa: RSAResult | None, layer: int,
+                decode: dict[str, Correlation] | None = None) -> list[dict[str, Any]]:
     """Rows for :func:`emolib.runs.write_metrics`: our geometry numbers beside the paper's."""
 
     def expl(i):
@@ -473,6 +504,9 @@ def metric_rows(p: PCAResult, corr_rows: Sequence[dict[str, Any]], agreement: Cl
         rows.append({"key": key, "label": f"PC{pc} vs human {dim} ({src}), Pearson r",
                      "ours": row["r"] if row else None, "paper": paper,
                      "note": _fmt_r(row) + ("; paper: Russell & Mehrabian norms, n=45" if paper is not None else "")})
+    for dim, c in (decode or {}).items():
+        rows.append({"key": f"{dim}_decodable_r", "label": f"human {dim} decodable from the vectors (10-fold ridge r)",
+                     "ours": c.r, "paper": None, "note": str(c)})
     base = agreement.baseline
     rows.append({"key": "cluster_ari", "label": f"k-means (k={km.k}) ARI vs the paper's clusters",
                  "ours": agreement.ari, "paper": None,
@@ -582,7 +616,7 @@ def plot_map(coords: np.ndarray, emotions: Sequence[str], labels: Sequence, titl
 
     xy = _np(coords)
     fig, ax = plt.subplots(figsize=(13, 11))
-    colors = cluster_colors([str(v) for v in labels])
+    colors = cluster_colors(sorted({str(v) for v in labels}))
     for lab, col in colors.items():
         idx = [i for i, v in enumerate(labels) if str(v) == lab]
         ax.scatter(xy[idx, 0], xy[idx, 1], s=18, color=col, label=lab)

@@ -153,6 +153,9 @@ def layer_sweep(means: torch.Tensor, labels: Sequence[str], topics: Sequence, la
 
     t0 = time.perf_counter()
     x = torch.as_tensor(means).float()
+    if x.dim() != 3 or x.shape[1] != len(layers):
+        raise ValueError(f"means must be [stories, {len(layers)} layers, width] (one column per entry of layers), "
+                         f"got shape {tuple(x.shape)}")
     ok = ~torch.isnan(x.reshape(x.shape[0], -1)).any(dim=1)
     keep = [i for i in range(x.shape[0]) if bool(ok[i])]
     x = x[keep]

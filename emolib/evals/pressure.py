@@ -187,20 +187,24 @@ class PressureResult:
         return RandomSpread.of([sl[n] for n, k in zip(self.directions, self.kinds) if k == "random"])
 
     def summary(self) -> dict[str, Any]:
-        """Per family and overall: each direction's slope, whether it leaves the random band, and the
-        probability change from the lowest to the highest strength."""
+        """Per family and overall: each direction's slope, whether its size beats every random
+        direction's (``|slope| > max |random slope|``: a random direction has no expected sign, so
+        the test is on magnitude), and the probability at the lowest, zero and highest strength."""
         out: dict[str, Any] = {}
         for fam in [None] + sorted(set(self.families)):
             key = fam or "all"
             sl = self.slopes(fam)
             band = self.random_slope_spread(fam)
+            rand_abs = max((abs(sl[n]) for n, k in zip(self.directions, self.kinds) if k == "random"),
+                           default=float("nan"))
             rows = {}
             for name, kind in zip(self.directions, self.kinds):
                 c = self.curve(name, fam)
-                rows[name] = {"kind": kind, "slope": sl[name], "beats_random": band.exceeded_by(sl[name]),
+                beats = bool(np.isfinite(rand_abs) and abs(sl[name]) > rand_abs)
+                rows[name] = {"kind": kind, "slope": sl[name], "beats_random": beats,
                               "p_low": c["mean"][0], "p_high": c["mean"][-1],
                               "p_zero": c["mean"][self.strengths.index(0.0)] if 0.0 in self.strengths else None}
-            out[key] = {"directions": rows, "random_slopes": band.to_dict()}
+            out[key] = {"directions": rows, "random_slopes": band.to_dict(), "random_abs_max": rand_abs}
         return out
 
     def to_dict(self) -> dict[str, Any]:

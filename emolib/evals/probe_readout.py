@@ -21,31 +21,13 @@ from collections.abc import Sequence
 
 import torch
 
-from ..capture import record_residual, tag
+from ..capture import pad_id_of, pad_left, record_residual, tag  # noqa: F401  (re-exported for callers)
 from ..models import base_model, find_layers, model_device
 from ..vectors import EmotionVectors
 
 
 class _Done(Exception):
     """Raised after the deepest block we read: the blocks above it need not run."""
-
-
-def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``input_ids`` and ``attention_mask``."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for j, s in enumerate(seqs):
-        ids[j, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-        mask[j, width - len(s):] = 1
-    return ids, mask
-
-
-def pad_id_of(tokenizer) -> int:
-    pid = tokenizer.pad_token_id
-    if pid is None:
-        pid = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    return int(pid)
 
 
 def residual_at(model, tokenizer, seqs: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],

@@ -27,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ..capture import pad_id_of, pad_left  # noqa: F401  (re-exported for callers)
 from ..models import base_model, model_device
 from ..steering import steer
 
@@ -265,25 +266,6 @@ def apply_steering(model, steering: Steering | None, scopes: Sequence[Any] = ("a
 
 
 # ---- batched scoring ----------------------------------------------------------------------------------
-
-
-def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded ``input_ids`` and ``attention_mask`` for a list of token id lists."""
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), int(pad_id), dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for j, s in enumerate(seqs):
-        if s:
-            ids[j, width - len(s):] = torch.as_tensor(list(s), dtype=torch.long)
-            mask[j, width - len(s):] = 1
-    return ids, mask
-
-
-def pad_id_of(tokenizer) -> int:
-    pid = tokenizer.pad_token_id
-    if pid is None:
-        pid = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
-    return int(pid)
 
 
 def hidden_states(model, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -64,7 +64,8 @@ def scenario_figure(df: pd.DataFrame) -> tuple[Any, dict]:
 
 
 def intensity_figure(readings: pd.DataFrame, trends: pd.DataFrame) -> tuple[Any, dict]:
-    """One panel per template: cosine of each emotion against the number (log x when it spans >= 10x)."""
+    """One panel per template: cosine of each emotion against the number, each curve minus its own mean
+    (log x when the numbers span >= 10x). The JSON keeps the raw cosines."""
     import matplotlib.pyplot as plt
 
     tids = list(dict.fromkeys(readings["template"]))
@@ -76,13 +77,16 @@ def intensity_figure(readings: pd.DataFrame, trends: pd.DataFrame) -> tuple[Any,
         sub = readings[readings["template"] == tid]
         for e, g in sub.groupby("emotion", sort=False):
             g = g.sort_values("x")
-            ax.plot(g["x"], g["cosine"], marker="o", ms=3, label=f"{e} (rho {rho.get((tid, e), np.nan):+.2f})")
+            # each curve minus its own mean: the per-probe offsets (shared by all numbers) would
+            # otherwise hide changes an order of magnitude smaller
+            ax.plot(g["x"], g["cosine"] - g["cosine"].mean(), marker="o", ms=3,
+                    label=f"{e} (rho {rho.get((tid, e), np.nan):+.2f})")
         xs = sub["x"].to_numpy(dtype=float)
         if xs.min() > 0 and xs.max() / xs.min() >= 10:
             ax.set_xscale("log")
         ax.set_title(tid, fontsize=9)
         ax.set_xlabel("number in the prompt", fontsize=8)
-        ax.set_ylabel("cosine at header", fontsize=8)
+        ax.set_ylabel("cosine at header − curve mean", fontsize=8)
         ax.legend(fontsize=7)
     for ax in axes.ravel()[len(tids):]:
         ax.axis("off")
