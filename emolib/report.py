@@ -56,13 +56,23 @@ def build_report(run: str | Path, figures: str | Path, profile: str = "") -> Pat
     for r in read_metrics(run):
         lines.append(f"| {r['stage']} | {r['label']} | {_fmt(r['ours'])} | {_fmt(r.get('paper'))} | {r.get('note', '')} |")
     lines += ["", "## Figures", ""]
+    head = list(lines)
+    out = run / "REPORT.md"
+    out.write_text("\n".join(head + _figure_lines(figures, run)) + "\n", encoding="utf-8")
+    if not figures.resolve().is_relative_to(run.resolve()):
+        # the committed default run: a copy beside its figures, links relative to that folder
+        (figures / "REPORT.md").write_text("\n".join(head + _figure_lines(figures, figures)) + "\n", encoding="utf-8")
+    return out
+
+
+def _figure_lines(figures: Path, where: Path) -> list[str]:
+    """One bullet per figure (caption + image), image paths relative to ``where``."""
+    lines = []
     for meta_path in sorted(figures.glob("*.json")):
         meta = read_json(meta_path)
         if "caption" not in meta:
             continue
         png = meta_path.with_suffix(".png")
         if png.exists():
-            lines.append(f"- **{meta_path.stem}**: {meta['caption']}  \n  ![{meta_path.stem}]({os.path.relpath(png, run)})")
-    out = run / "REPORT.md"
-    out.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return out
+            lines.append(f"- **{meta_path.stem}**: {meta['caption']}  \n  ![{meta_path.stem}]({os.path.relpath(png, where)})")
+    return lines

@@ -91,3 +91,31 @@ def test_shipped_profiles_parse():
         prof = load_profile(name)
         assert prof["common"]["model"]
         assert set(STAGES) <= set(prof)
+
+
+def test_report_is_generated_from_metrics_and_figures(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from emolib.report import build_report
+    from emolib.runs import save_figure, write_json, write_metrics
+
+    run, figs = tmp_path / "run", tmp_path / "figs"
+    write_json(run / "stages" / f"{STAGES[0]}.json", {"stage": STAGES[0], "status": "ok", "seconds": 12.0})
+    write_metrics(run, STAGES[0], [{"key": "k", "label": "a measured thing", "ours": 0.4321, "paper": 0.81,
+                                    "note": "n=45"}])
+    fig, ax = plt.subplots()
+    ax.plot([0, 1], [0, 1])
+    save_figure(fig, "01_line", {"x": [0, 1]}, "A line that goes up.", figs, stage=STAGES[0])
+    plt.close(fig)
+    out = build_report(run, figs, profile="t")
+    text = out.read_text()
+    assert "| 01_generate_stories | a measured thing | 0.432 | 0.81 | n=45 |" in text
+    assert "| 01_generate_stories | ok | 12 |" in text
+    assert "A line that goes up." in text and "(../figs/01_line.png)" in text
+    copy = (figs / "REPORT.md").read_text()  # figures outside the run get a copy with local links
+    assert "(01_line.png)" in copy
+    with pytest.raises(ValueError, match="lacks"):
+        write_metrics(run, STAGES[0], [{"key": "k", "label": "no number"}])
