@@ -56,3 +56,45 @@ def test_folder_without_config_is_a_clear_error(tmp_path):
 def test_find_layers_names_the_class():
     with pytest.raises(ValueError, match="Linear"):
         find_layers(torch.nn.Linear(2, 2))
+
+
+def _tiny(family: str):
+    from transformers import (GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, PhiConfig,
+                              PhiForCausalLM, Qwen2Config, Qwen2ForCausalLM)
+
+    torch.manual_seed(0)
+    small = dict(vocab_size=300)
+    if family == "gpt2":
+        return GPT2LMHeadModel(GPT2Config(n_layer=3, n_embd=32, n_head=4, n_positions=128, **small))
+    if family == "neox":
+        return GPTNeoXForCausalLM(GPTNeoXConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                                                intermediate_size=64, max_position_embeddings=128, **small))
+    if family == "phi":
+        return PhiForCausalLM(PhiConfig(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                                        intermediate_size=64, max_position_embeddings=128, **small))
+    return Qwen2ForCausalLM(Qwen2Config(num_hidden_layers=3, hidden_size=32, num_attention_heads=4,
+                                        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128, **small))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "neox", "phi", "qwen2"])
+def test_capture_and_steering_work_across_families(family):
+    """Block discovery, block-output capture and steering on other architectures (random tiny configs)."""
+    from emolib.capture import record_residual
+    from emolib.steering import active_hooks, steer
+
+    model = _tiny(family).eval()
+    blocks = find_layers(model)
+    assert len(blocks) == 3
+    ids = torch.randint(0, 300, (1, 12), generator=torch.Generator().manual_seed(0))
+    v = torch.randn(32)
+    with torch.inference_mode():
+        with record_residual(model, [1]) as plain:
+            base = model(ids).logits
+        with steer(model, v, layers=[1], strength=1.0, norms=2.0, scope=5), record_residual(model, [1]) as rec:
+            steered = model(ids).logits
+    assert plain[1][0].shape == (1, 12, 32)
+    added = rec[1][0] - plain[1][0]
+    assert torch.allclose(added[0, 5:], (2.0 * v / v.norm()).expand(7, -1), atol=1e-5)
+    assert torch.equal(added[0, :5], torch.zeros(5, 32))
+    assert torch.equal(base[0, :5], steered[0, :5]) and not torch.allclose(base[0, 5:], steered[0, 5:])
+    assert active_hooks(model) == 0
