@@ -171,13 +171,21 @@ def trace_figure(trace: MonitorTrace, emotions: Sequence[str], kind: str = "auto
         colours[e] = line.get_color()
         series[e] = [None if not math.isfinite(v) else round(float(v), 5) for v in y]
     starts = trace.chat.turn_starts()
+    # Role labels sit at the top of the axes; a label that would touch the previous one (turns a few
+    # tokens apart, e.g. a template's system prompt then the user) drops one line lower.
+    min_gap = 0.045 * max(len(trace), 1)
+    last_x, level = -math.inf, 0
     for i, _turn, role in starts:
         ax.axvline(i, color="#888", ls=":", lw=0.8)
-        ax.text(i + 1, 1.0, f"{role}", transform=ax.get_xaxis_transform(), fontsize=7, va="top", color="#444")
+        level = (level + 1) % 2 if i - last_x < min_gap else 0
+        last_x = i
+        ax.text(i + 1, 1.0 - 0.06 * level, f"{role}", transform=ax.get_xaxis_transform(), fontsize=7, va="top",
+                color="#444")
     if trace.chat.prompt_len and trace.chat.prompt_len < len(trace):
         ax.axvspan(trace.chat.prompt_len, len(trace) - 1, color="#e8f1fa", zorder=0, label="generated")
     drawn_alerts = []
     bottom = np.nanmin(vals[:, [trace.emotions.index(e) for e in emotions]]) if len(trace) else 0.0
+    undrawn = list(dict.fromkeys(a.emotion for a in trace.alerts if a.emotion not in colours))
     for a in trace.alerts:
         if a.emotion in colours:
             yv = vals[a.token_index, trace.emotions.index(a.emotion)]
@@ -187,6 +195,9 @@ def trace_figure(trace: MonitorTrace, emotions: Sequence[str], kind: str = "auto
             yv = bottom
             ax.plot([a.token_index], [yv], marker="|", ms=10, color="#d4000f", zorder=5)
         drawn_alerts.append({"rule": a.rule, "token_index": a.token_index, "y": float(yv)})
+    if undrawn:  # a legend entry, so the ticks at the bottom are not a mystery
+        ax.plot([], [], marker="|", ms=10, ls="none", color="#d4000f",
+                label=f"alert on an emotion not drawn ({', '.join(undrawn)})")
     if marker_index is not None:
         ax.axvline(marker_index, color="#d4000f", ls="--", lw=1.2, label="problem text begins")
     if kind in ("auto", "z") and trace.calibration is not None:
@@ -216,6 +227,15 @@ def alert_rate_figure(rows: Sequence[dict[str, Any]], title: str = "") -> tuple[
     ax.barh(range(len(rows)), rates, color=[palette.get(r.get("kind", "scenario"), "#555") for r in rows])
     ax.set_yticks(range(len(rows)), names, fontsize=8)
     ax.invert_yaxis()
+    for k, v in enumerate(rates):  # the value at each bar's end (a rate of 0 has no visible bar)
+        ax.text(v, k, f" {v:.1f}", va="center", fontsize=7)
+    ax.margins(x=0.08)
+    kinds = list(dict.fromkeys(r.get("kind", "scenario") for r in rows))
+    if len(kinds) > 1:  # say what the bar colours mean
+        from matplotlib.patches import Patch
+
+        ax.legend(handles=[Patch(color=palette.get(k, "#555"), label=k) for k in kinds], fontsize=7,
+                  loc="lower right")
     ax.set_xlabel("alerts per 1000 tokens")
     if title:
         ax.set_title(title, fontsize=10)

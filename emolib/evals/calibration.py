@@ -223,15 +223,16 @@ def plot_calibration(res: CalibrationResult | Mapping[str, Any]):
         for ax, key in zip(axes, ("ppl_ratio", "kl")):
             y = np.asarray(d[key])[i]
             ax.plot(s[order], y[order], marker="o", ms=3, label=name, **style)
-    axes[0].axhline(d["ceiling"], color="k", lw=0.8)
+    axes[0].axhline(d["ceiling"], color="k", lw=0.8, label=f"ceiling (x{d['ceiling']:g})")
     for ax in axes:
-        ax.axvspan(-d["window"], d["window"], color="tab:green", alpha=0.08)
+        ax.axvspan(-d["window"], d["window"], color="tab:green", alpha=0.08, label="usable window")
         ax.set_xlabel("strength (x mean residual norm)")
     axes[0].set_ylabel("perplexity ratio vs unsteered")
     axes[0].set_yscale("log")
     axes[1].set_ylabel("mean next-token KL (nats)")
     axes[1].set_yscale("symlog", linthresh=1e-3)
     axes[1].legend(fontsize=7, ncol=2)
+    axes[0].legend(handles=axes[0].get_legend_handles_labels()[0][-2:], fontsize=7, loc="upper center")
     fig.suptitle(f"Steering damage on neutral text, layer(s) {d['layers']}; usable window |s| <= {d['window']:.2f}")
     fig.tight_layout()
     return fig

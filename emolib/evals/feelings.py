@@ -210,6 +210,12 @@ def plot_feelings(res: FeelingsResult, prompts: Sequence[str] | None = None):
         im = ax.imshow(m, cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
         ax.set_xticks(range(len(res.words)), res.words, rotation=90, fontsize=7)
         ax.set_yticks(range(len(res.directions)), res.directions, fontsize=7)
+        for k, d in enumerate(res.directions):  # outline the diagonal (a vector and its own word)
+            if d in res.words:
+                j = res.words.index(d)
+                ax.add_patch(plt.Rectangle((j - 0.5, k - 0.5), 1, 1, fill=False, ec="k", lw=0.8))
+        ax.set_xlabel("emotion word", fontsize=8)
+        ax.set_ylabel("steered with", fontsize=8)
         s = res.summary(p)
         ax.set_title(f"{FEELING_PROMPTS[p].prefill!r}: diag wins {s['column_wins']}/{s['n']}", fontsize=9)
         fig.colorbar(im, ax=ax, fraction=0.046, label="delta log p")

@@ -624,8 +624,12 @@ def plot_map(coords: np.ndarray, emotions: Sequence[str], labels: Sequence, titl
     for i, e in enumerate(emotions):
         ax.annotate(e, xy[i, :2], fontsize=fontsize + (2.5 if e in hi else 0),
                     fontweight="bold" if e in hi else "normal", xytext=(2, 2), textcoords="offset points")
-    ax.axhline(0, color="0.85", lw=0.8, zorder=0)
-    ax.axvline(0, color="0.85", lw=0.8, zorder=0)
+    # origin lines only where 0 lies inside the data (PCA scores): drawing them for a UMAP
+    # embedding, whose coordinates are all positive, stretched the axes to include 0
+    if xy.shape[0] and xy[:, 1].min() < 0 < xy[:, 1].max():
+        ax.axhline(0, color="0.85", lw=0.8, zorder=0)
+    if xy.shape[0] and xy[:, 0].min() < 0 < xy[:, 0].max():
+        ax.axvline(0, color="0.85", lw=0.8, zorder=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

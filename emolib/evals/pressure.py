@@ -267,16 +267,17 @@ def plot_pressure(res: PressureResult):
     x = np.asarray(res.strengths)
     for ax, fam in zip(axes[0], fams):
         rnd = [res.curve(n, fam)["mean"] for n, k in zip(res.directions, res.kinds) if k == "random"]
-        if rnd:
-            r = np.asarray(rnd)
-            ax.fill_between(x, r.min(0), r.max(0), color="0.75", alpha=0.6, label=f"random (n={len(rnd)})")
         for name, kind in zip(res.directions, res.kinds):
             if kind != "emotion":
                 continue
             c = res.curve(name, fam)
             col = colors.get(name)
-            ax.plot(x, c["mean"], marker="o", ms=3, color=col, label=name)
-            ax.fill_between(x, c["lo"], c["hi"], color=col, alpha=0.12)
+            ax.plot(x, c["mean"], marker="o", ms=3, color=col, label=name, zorder=3)
+            ax.fill_between(x, c["lo"], c["hi"], color=col, alpha=0.08, lw=0, zorder=1)
+        if rnd:  # drawn over the emotions' CI bands (which would hide a grey fill), edges dashed
+            r = np.asarray(rnd)
+            ax.fill_between(x, r.min(0), r.max(0), facecolor="0.55", alpha=0.35, edgecolor="0.25", ls="--",
+                            lw=0.8, zorder=2, label=f"random directions' range (n={len(rnd)})")
         ax.set_title(fam.replace("_", " "), fontsize=9)
         ax.set_xlabel("strength (x mean residual norm)")
         ax.axvline(0, color="k", lw=0.5)

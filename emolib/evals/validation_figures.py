@@ -71,7 +71,7 @@ def intensity_figure(readings: pd.DataFrame, trends: pd.DataFrame) -> tuple[Any,
     tids = list(dict.fromkeys(readings["template"]))
     ncol = min(3, len(tids))
     nrow = int(np.ceil(len(tids) / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.1 * nrow), squeeze=False)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(4.2 * ncol, 3.8 * nrow), squeeze=False)
     rho = trends.set_index(["template", "emotion"])["rho"]
     for ax, tid in zip(axes.ravel(), tids):
         sub = readings[readings["template"] == tid]
@@ -87,7 +87,8 @@ def intensity_figure(readings: pd.DataFrame, trends: pd.DataFrame) -> tuple[Any,
         ax.set_title(tid, fontsize=9)
         ax.set_xlabel("number in the prompt", fontsize=8)
         ax.set_ylabel("cosine at header − curve mean", fontsize=8)
-        ax.legend(fontsize=7)
+        # below the panel: inside, the legend hid the last points of rising curves
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
     for ax in axes.ravel()[len(tids):]:
         ax.axis("off")
     fig.tight_layout()
@@ -101,15 +102,23 @@ def dissociation_figure(df: pd.DataFrame, stats: pd.DataFrame) -> tuple[Any, dic
     import matplotlib.pyplot as plt
 
     st = stats.set_index("pair")
-    fig, axes = plt.subplots(1, 3, figsize=(12.5, 3.9))
+    fig, axes = plt.subplots(1, 3, figsize=(13.5, 3.9))
+    # one distinct colour per emotion (the default 10-colour cycle repeats from the 11th emotion on),
+    # and a second marker shape after the first ten
+    emos = list(dict.fromkeys(df["emotion"]))
+    tab20 = plt.get_cmap("tab20").colors
+    palette = [tab20[2 * i] for i in range(10)] + [tab20[2 * i + 1] for i in range(10)]
+    style = {e: (palette[i % 20], "o" if i < 10 else "s") for i, e in enumerate(emos)}
     for ax, (a, b) in zip(axes, (("user_last", "header"), ("header", "reply"), ("user_last", "reply"))):
         for e, g in df.groupby("emotion", sort=False):
-            ax.scatter(g[a], g[b], s=14, label=e)
+            col, mk = style[e]
+            ax.scatter(g[a], g[b], s=14, color=col, marker=mk, label=e)
         r = st.loc[f"{a}~{b}"]
         ax.set_title(f"{a} vs {b}: r = {r['r_pooled']:.2f} (within-emotion {r['r_within']:.2f})", fontsize=8)
         ax.set_xlabel(f"cosine at {a}", fontsize=8)
         ax.set_ylabel(f"cosine at {b}", fontsize=8)
-    axes[-1].legend(fontsize=6, ncol=2, loc="best")
+    # outside the panels: inside, the legend covered points of the last scatter
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
     fig.tight_layout()
     data = {"points": df[["prompt", "emotion", "user_last", "header", "reply"]].to_dict(orient="records"),
             "stats": stats.to_dict(orient="records")}
