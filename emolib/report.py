@@ -44,7 +44,7 @@ def build_report(run: str | Path, figures: str | Path, profile: str = "") -> Pat
     run, figures = Path(run), Path(figures)
     lines = [f"# Report: profile `{profile}`", "",
              f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} from commit `{_commit()}` "
-             f"on {machine()}.", "", "## Stages", "", "| stage | status | wall time (s) |", "|---|---|---|"]
+             f"on {machine()}.", "", "## Stages", "", "| stage | status | wall time of its last run (s) |", "|---|---|---|"]
     total = 0.0
     for rec_path in sorted((run / "stages").glob("*.json")):
         rec = read_json(rec_path)

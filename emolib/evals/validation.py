@@ -105,7 +105,9 @@ def summary_rows(lens_hits: pd.DataFrame | None = None, story_ranks: pd.DataFram
         k = int(story_ranks["n_probes"].iloc[0])
         rows.append({"key": "story_own_rank", "label": f"stories: mean rank of the story's own probe among {k} (chance {(k + 1) / 2:g})",
                      "ours": _f(story_ranks["own_rank"].mean()), "paper": "qualitative: own probe peaks on emotion-relevant tokens (Figs. 40-51)",
-                     "note": f"Over {len(story_ranks)} stories; rank 1 means the story's own probe is the highest on average over its tokens."})
+                     "note": f"Over {len(story_ranks)} stories; rank 1 means the story's own probe is the highest on average over its tokens. "
+                             "In-sample when the stories helped build the vectors (the paper's figures are on training stories too); "
+                             "02's topic-held-out accuracy is the out-of-sample test."})
     if scenario_scores is not None and len(scenario_scores):
         s = scenario_scores[scenario_scores["layer"] == layer] if layer is not None else scenario_scores
         for kind in ("standardised", "raw"):
