@@ -241,23 +241,26 @@ def token_activations(model, tokenizer, text: str | None = None, layers: Sequenc
         input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
     input_ids = input_ids.reshape(1, -1).to(model_device(model))
     with torch.inference_mode(), record_residual(model, idx) as rec:
-        try:
-            _run_until(model, idx, input_ids)
-        except _StopForward:
-            pass
+        run_until(model, idx, input_ids=input_ids)
     acts = torch.stack([rec[layer][0][0] for layer in idx], dim=1).cpu()
     return acts, input_ids[0].tolist()
 
 
-def _run_until(model, layers: list[int], input_ids: torch.Tensor) -> None:
-    blocks = find_layers(model)
+def run_until(model, layers: Sequence[int], **inputs) -> None:
+    """Run the base model (no LM head) on ``inputs`` and stop after block ``max(layers)``.
+
+    For callers that read block outputs with :func:`record_residual` entered around this call:
+    the blocks above the deepest one read, and the LM head, never run.
+    """
 
     def stop(_m, _a, _o):
         raise _StopForward
 
-    handle = blocks[max(layers)].register_forward_hook(tag(stop))
+    handle = find_layers(model)[max(layers)].register_forward_hook(tag(stop))
     try:
-        base_model(model)(input_ids=input_ids, use_cache=False)
+        base_model(model)(use_cache=False, **inputs)
+    except _StopForward:
+        pass
     finally:
         handle.remove()
 

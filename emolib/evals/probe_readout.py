@@ -21,13 +21,9 @@ from collections.abc import Sequence
 
 import torch
 
-from ..capture import pad_id_of, pad_left, record_residual, tag  # noqa: F401  (re-exported for callers)
-from ..models import base_model, find_layers, model_device
+from ..capture import pad_id_of, pad_left, record_residual, run_until  # noqa: F401  (pad_id_of re-exported)
+from ..models import model_device
 from ..vectors import EmotionVectors
-
-
-class _Done(Exception):
-    """Raised after the deepest block we read: the blocks above it need not run."""
 
 
 def residual_at(model, tokenizer, seqs: Sequence[Sequence[int]], positions: Sequence[Sequence[int]],
@@ -48,25 +44,14 @@ def residual_at(model, tokenizer, seqs: Sequence[Sequence[int]], positions: Sequ
     pad = pad_id_of(tokenizer)
     out: list[torch.Tensor | None] = [None] * len(seqs)
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    core = base_model(model)
-
-    def stop(_module, _args, _output):
-        raise _Done
-
     with torch.inference_mode():
         for b in range(0, len(order), batch_size):
             rows = order[b:b + batch_size]
             ids, mask = pad_left([seqs[i] for i in rows], pad)
             pos_ids = (mask.cumsum(-1) - 1).clamp(min=0)
             with record_residual(model, layers) as rec:
-                handle = find_layers(model)[max(layers)].register_forward_hook(tag(stop))
-                try:
-                    core(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos_ids.to(dev),
-                         use_cache=False)
-                except _Done:
-                    pass
-                finally:
-                    handle.remove()
+                run_until(model, layers, input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                          position_ids=pos_ids.to(dev))
             acts = torch.stack([rec[layer][0] for layer in layers], dim=2).cpu()  # [batch, seq, layers, width]
             width_t = ids.shape[1]
             for j, i in enumerate(rows):
