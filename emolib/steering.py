@@ -160,6 +160,31 @@ def steer(model, vector, layers: Sequence[int] | int, strength: float,
             handle.remove()
 
 
+@contextmanager
+def add_vector(model, layer: int, delta: torch.Tensor) -> Iterator[None]:
+    """Add ``delta [width]`` to the output of block ``layer`` at every position, inside a ``with``.
+
+    The smallest steering intervention, and the one to read first: :func:`steer` builds on the same
+    idea with norms, token scopes and several layers. A decoder block returns either a tensor or a
+    tuple whose first item is the hidden state; the hook must return the same shape of thing. The
+    hook is removed in ``finally``, so an exception inside the ``with`` (or a Ctrl-C in a notebook)
+    never leaves the model steered for the next cell.
+    """
+    block = find_layers(model)[layer]
+    ### BEGIN SOLUTION
+    def hook(_module, _args, output):
+        h = output[0] if isinstance(output, tuple) else output
+        new = h + delta.to(device=h.device, dtype=h.dtype)
+        return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+    handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+    ### END SOLUTION
+
+
 def mean_residual_norms(model, tokenizer, texts: Sequence[str], layers: Sequence[int] | int | None = None,
                         batch_size: int = 8, max_length: int = 512) -> torch.Tensor:
     """Mean L2 norm of the block output at each requested layer, over all real tokens but the first.

@@ -179,9 +179,9 @@ class EmotionVectors:
         ``center=True`` first subtracts the training grand mean, which is how the layer sweep
         classifies held-out stories (nearest vector by cosine).
         """
+        self._check_width(acts)
         a = self.centered(acts, layer) if center else acts.float()
-        proj = self.project(a, layer, unit=True)
-        return proj / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return cosine_similarity(a, self.at(layer))
 
     def with_default_layer(self, layer: int) -> EmotionVectors:
         """A copy whose ``default_layer`` is ``layer`` (checked against ``layers``)."""
@@ -335,13 +335,16 @@ def emotion_means(story_means: torch.Tensor, labels: Sequence[str],
     names = list(dict.fromkeys(labels)) if emotions is None else list(emotions)
     ok = ~torch.isnan(x.reshape(x.shape[0], -1)).any(dim=1)
     lab = list(labels)
-    out, counts = [], []
+    out: list[torch.Tensor] = []  # one [..., width] mean per emotion, in the order of ``names``
+    counts: list[int] = []  # how many usable stories each mean averaged
+    ### BEGIN SOLUTION
     for e in names:
         rows = [i for i, lbl in enumerate(lab) if lbl == e and bool(ok[i])]
         if not rows:
             raise ValueError(f"No usable story for emotion {e!r} (none given, or all too short to pool).")
         out.append(x[rows].mean(dim=0))
         counts.append(len(rows))
+    ### END SOLUTION
     return torch.stack(out).float(), names, torch.tensor(counts)
 
 
@@ -353,8 +356,26 @@ def grand_mean_center(means: torch.Tensor, dim: int = 0) -> tuple[torch.Tensor, 
     is gone.
     """
     m = torch.as_tensor(means).double()
+    ### BEGIN SOLUTION
     g = m.mean(dim=dim, keepdim=True)
+    ### END SOLUTION
     return (m - g).float(), g.squeeze(dim).float()
+
+
+def cosine_similarity(acts: torch.Tensor, vectors: torch.Tensor) -> torch.Tensor:
+    """Cosine of each activation ``[..., width]`` with each vector ``[n, width]``: ``[..., n]``.
+
+    Cosine, not the raw dot product: residual norms grow with depth and vary from token to token,
+    and a dot product would rank emotions partly by how long the vectors happen to be. A zero
+    activation or vector gives 0, not NaN.
+    """
+    a = torch.as_tensor(acts).float()
+    v = torch.as_tensor(vectors).float()
+    ### BEGIN SOLUTION
+    a_unit = a / a.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    v_unit = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    return a_unit @ v_unit.T
+    ### END SOLUTION
 
 
 def n_components_for(explained_variance_ratio: torch.Tensor | Sequence[float], threshold: float = 0.5) -> int:
@@ -363,11 +384,13 @@ def n_components_for(explained_variance_ratio: torch.Tensor | Sequence[float], t
     ``threshold=0`` means no component (denoising off); ``threshold >= 1`` all of them.
     """
     r = torch.as_tensor(explained_variance_ratio, dtype=torch.float64)
+    ### BEGIN SOLUTION
     if threshold <= 0:
         return 0
     cum = torch.cumsum(r, 0)
     hit = torch.nonzero(cum >= threshold - 1e-12).flatten()
     return int(hit[0]) + 1 if len(hit) else int(r.numel())
+    ### END SOLUTION
 
 
 def project_out(v: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
@@ -376,7 +399,9 @@ def project_out(v: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     if basis.numel() == 0:
         return v.clone()
     b = basis.float()
+    ### BEGIN SOLUTION
     return v - (v @ b.T) @ b
+    ### END SOLUTION
 
 
 @dataclass

@@ -136,3 +136,21 @@ def test_wrong_width_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match="width 10 .* width 64"):
         with steer(model, torch.ones(10), layers=[0], strength=1.0):
             pass
+
+
+def test_add_vector_equals_steer_on_every_position(tiny, direction):
+    """The minimal hook (the teaching exercise's answer) and ``steer`` with raw units agree exactly."""
+    from emolib.models import find_layers
+    from emolib.steering import add_vector
+
+    model, tok = tiny
+    ids = torch.tensor([tok("A small test sentence for both hooks.")["input_ids"]])
+    delta = 0.7 * unit(direction)
+    with torch.inference_mode():
+        with add_vector(model, 1, delta):
+            a = model(input_ids=ids).logits
+        with steer(model, direction, 1, strength=0.7, norms=None):
+            b = model(input_ids=ids).logits
+        plain = model(input_ids=ids).logits
+    assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, plain, atol=1e-4)
+    assert all(len(blk._forward_hooks) == 0 for blk in find_layers(model))

@@ -169,8 +169,10 @@ def fit_bradley_terry(first: Sequence[int], second: Sequence[int], p_first: Sequ
     nb = 1 if position_bias else 0
 
     def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        """Negative log-likelihood of the soft outcomes (plus the ridge) and its gradient."""
         s = theta[:n_items]
         b = theta[n_items] if nb else 0.0
+        ### BEGIN SOLUTION
         z = s[f] - s[g] + b
         # -[p log sig(z) + (1-p) log sig(-z)] = softplus(z) - p z
         val = np.logaddexp(0.0, z) - p * z
@@ -182,6 +184,7 @@ def fit_bradley_terry(first: Sequence[int], second: Sequence[int], p_first: Sequ
             grad[n_items] = d.sum()
         grad[:n_items] += l2 * s
         return float(val.sum() + 0.5 * l2 * (s ** 2).sum()), grad
+        ### END SOLUTION
 
     res = minimize(loss, np.zeros(n_items + nb), jac=True, method="L-BFGS-B",
                    options={"maxiter": 2000, "gtol": 1e-8})

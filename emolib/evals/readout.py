@@ -364,4 +364,6 @@ def option_probs(option_lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
     The mass says whether the model reads the format at all: near 0, the A/B comparison is noise.
     """
+    ### BEGIN SOLUTION
     return torch.softmax(option_lp, dim=-1), option_lp.exp().sum(-1)
+    ### END SOLUTION
