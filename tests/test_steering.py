@@ -146,6 +146,7 @@ def test_add_vector_equals_steer_on_every_position(tiny, direction):
     model, tok = tiny
     ids = torch.tensor([tok("A small test sentence for both hooks.")["input_ids"]])
     delta = 0.7 * unit(direction)
+    before = [len(blk._forward_hooks) for blk in find_layers(model)]  # transformers may hold its own
     with torch.inference_mode():
         with add_vector(model, 1, delta):
             a = model(input_ids=ids).logits
@@ -153,4 +154,4 @@ def test_add_vector_equals_steer_on_every_position(tiny, direction):
             b = model(input_ids=ids).logits
         plain = model(input_ids=ids).logits
     assert torch.allclose(a, b, atol=1e-6) and not torch.allclose(a, plain, atol=1e-4)
-    assert all(len(blk._forward_hooks) == 0 for blk in find_layers(model))
+    assert [len(blk._forward_hooks) for blk in find_layers(model)] == before
