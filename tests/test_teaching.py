@@ -350,3 +350,19 @@ def test_builtin_grader_agrees_with_nbgrader(graded, tmp_path, monkeypatch):
     assert by_ex == {k: table.loc["mistake"][k] for k in by_ex}
     out = nbformat.read(str(tmp_path / "out.ipynb"), 4)
     assert END_SENTINEL in out.cells[-1].outputs[0]["text"]
+
+
+def test_builtin_course_and_cli_without_nbgrader(tmp_path, monkeypatch, capsys):
+    from emolib.teaching.__main__ import main
+
+    assert main(["build", "--course", str(tmp_path / "c"), "--engine", "builtin"]) == 0
+    assert "student notebook" in capsys.readouterr().out
+    rel = nbformat.read(str(tmp_path / "c" / "release" / "emotion_vectors" / "emotion_vectors.ipynb"), 4)
+    assert [c.source for c in rel.cells] == [c.source for c in student_version(source_notebook()).cells]
+    assert "c.Execute.timeout = 600" in (tmp_path / "c" / "nbgrader_config.py").read_text()
+    monkeypatch.setattr(course, "have_nbgrader", lambda: False)
+    with pytest.raises(RuntimeError, match="nbgrader is not installed"):
+        course.build_course(tmp_path / "d", engine="nbgrader")
+    assert course._engine("auto") == "builtin"
+    with pytest.raises(ValueError, match="engine must be"):
+        course.build_course(tmp_path / "e", engine="jupyter")
