@@ -171,7 +171,8 @@ def sample_batch(model, tokenizer, texts: Sequence[str], seeds: Sequence[int],
     finish = ["length"] * n
     next_pos = pos[:, -1:] + 1
     for _step in range(settings.max_new_tokens):
-        logits = out.logits[:, -1, :].float()
+        # .to(device): on a model sharded over GPUs the LM head may sit on another device than the inputs
+        logits = out.logits[:, -1, :].float().to(device)
         if settings.repetition_penalty and settings.repetition_penalty != 1.0:
             logits = _penalise(logits, seen, settings.repetition_penalty)
         tok = _draw(logits, settings, [gens[i] for i in active])
@@ -186,7 +187,7 @@ def sample_batch(model, tokenizer, texts: Sequence[str], seeds: Sequence[int],
         if not keep or _step == settings.max_new_tokens - 1:
             break
         if len(keep) < len(active):
-            idx = torch.tensor(keep, device=device)
+            idx = torch.tensor(keep)  # a CPU index selects rows of tensors on any device (sharded caches too)
             cache.batch_select_indices(idx)
             tok, mask, seen, next_pos = tok[idx], mask[idx], seen[idx], next_pos[idx]
             active = [active[r] for r in keep]
