@@ -49,16 +49,19 @@ class WorkerFailed(RuntimeError):
     """A unit could not be run even after Ray's retries; what was committed before it is on disk."""
 
 
+def optional_module(name: str, missing: str):
+    """Import the optional package ``name``, or raise ImportError(``missing``): a message saying what to do."""
+    if importlib.util.find_spec(name) is None:
+        raise ImportError(missing)
+    return importlib.import_module(name)
+
+
 def ray_available() -> bool:
     return importlib.util.find_spec("ray") is not None
 
 
 def _ray():
-    if not ray_available():
-        raise ImportError(RAY_MISSING)
-    import ray
-
-    return ray
+    return optional_module("ray", RAY_MISSING)
 
 
 def run_jobs(fn: Callable[..., Any], jobs: Iterable[dict[str, Any]], model=None, tokenizer=None,
