@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .capture import _resolve_layers, pooled_means, record_residual, relative_positions
+from .capture import PooledActivations, _resolve_layers, pooled_means, record_residual, relative_positions
 from .distributed import run_jobs
 from .models import base_model, model_device
 
@@ -121,6 +121,14 @@ def _write_shard(folder: Path, index: int, ids: list[str], pooled, norm_count: i
     tmp.replace(path)
 
 
+def pool_chunk(model, tokenizer, **kwargs) -> PooledActivations:
+    """:func:`~emolib.capture.pooled_means` of one shard, its means already in the float16 they are
+    stored in: what a Ray worker ships back is half the bytes, and the shard is the same."""
+    pooled = pooled_means(model, tokenizer, **kwargs)
+    pooled.means = pooled.means.to(torch.float16)
+    return pooled
+
+
 def pool_corpus(model, tokenizer, records: Sequence[dict], folder: str | Path, *, model_id: str,
                 start: int = 50, layers: Sequence[int] | None = None, batch_size: int = 8,
                 shard_size: int = 128, max_length: int | None = 1024, progress: bool = False,
@@ -161,7 +169,7 @@ def pool_corpus(model, tokenizer, records: Sequence[dict], folder: str | Path, *
     jobs = [{"texts": [r["text"] for r in chunk], "ids": [str(r["id"]) for r in chunk], "layers": idx,
              "start": start, "batch_size": batch_size, "max_length": max_length} for chunk in chunks]
     try:
-        with closing(run_jobs(pooled_means, jobs, model, tokenizer, engine)) as results:
+        with closing(run_jobs(pool_chunk, jobs, model, tokenizer, engine)) as results:
             for job, pooled in zip(jobs, results):
                 _write_shard(folder, n_shard, job["ids"], pooled, pooled.total_tokens - len(job["ids"]))
                 n_shard += 1

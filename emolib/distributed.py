@@ -253,13 +253,13 @@ class RayEngine:
     def map(self, fn: Callable[..., Any], jobs: Sequence[dict[str, Any]]) -> Iterator[Any]:
         """``fn(model, tokenizer, **job)`` on the workers; yields results in job order as they complete.
 
-        Jobs go to the least-loaded worker; at most ``2 * depth * workers`` results wait in the
+        Jobs go to the least-loaded worker; at most ``(depth + 1) * workers`` results wait in the
         driver for an earlier one. If the consumer stops early, queued calls are cancelled.
         """
         ray = _ray()
         actors = self.workers
         busy = [0] * len(actors)
-        window = 2 * self.depth * len(actors)
+        window = (self.depth + 1) * len(actors)
         pending: dict[Any, tuple[int, int]] = {}
         ready: dict[int, Any] = {}
         sent = emitted = 0
