@@ -162,7 +162,7 @@ class RayEngine:
     def __init__(self, model: str, *, address: str | None = None, workers: int = 0, gpus_per_worker: float = 0,
                  cpus_per_worker: float = 1, device: str | None = None, dtype: str | None = None,
                  device_map: str | None = None, max_restarts: int = 3, depth: int = 2,
-                 init: dict[str, Any] | None = None, chaos: str | None = None) -> None:
+                 init: dict[str, Any] | None = None, start_timeout: float = 1800, chaos: str | None = None) -> None:
         self.model = str(model)
         self.address = address
         self.n_workers = int(workers)
@@ -172,6 +172,7 @@ class RayEngine:
         self.max_restarts = int(max_restarts)
         self.depth = max(1, int(depth))
         self.init = dict(init or {})
+        self.start_timeout = start_timeout
         self.chaos = chaos
         self._actors: list[Any] = []
         self._started_ray = False
@@ -198,8 +199,13 @@ class RayEngine:
         actor = ray.remote(**opts)(_Worker)
         self._actors = [actor.remote(self.model, self.device, self.dtype, device_map, threads, self.chaos)
                         for _ in range(n)]
-        try:
-            ray.get([a.stats.remote() for a in self._actors])  # surfaces a model that fails to load, here
+        try:  # waits for every model to load, and surfaces a model that fails to, here
+            ray.get([a.stats.remote() for a in self._actors], timeout=self.start_timeout)
+        except ray.exceptions.GetTimeoutError:
+            self.shutdown()
+            raise WorkerFailed(f"{n} Ray worker(s) for {self.model!r} did not start within {self.start_timeout:.0f} s: "
+                               f"does the cluster have {opts.get('num_gpus', 0)} GPU(s) and {opts['num_cpus']} CPU(s) "
+                               f"free for each? ({ray.available_resources()} available now)") from None
         except ray.exceptions.RayError as err:
             self.shutdown()
             raise WorkerFailed(f"The Ray workers could not load {self.model!r}: {err}") from err

@@ -164,6 +164,16 @@ def test_notebooks_01_02_on_ray_write_what_a_local_run_writes(cluster, tmp_path,
     assert [r.status for r in again] == ["skipped", "skipped"]
 
 
+@needs_ray
+def test_workers_that_cannot_be_placed_fail_with_a_message(cluster):
+    eng = RayEngine("tiny-random", workers=1, cpus_per_worker=3, start_timeout=3)  # the cluster has 2 CPUs
+    with pytest.raises(WorkerFailed, match="did not start within 3 s"):
+        eng.start()
+    assert eng._actors == []
+    with pytest.raises(WorkerFailed, match="no room for one worker"):
+        RayEngine("tiny-random", gpus_per_worker=1).start()  # workers=0: fit to the cluster, which has no GPU
+
+
 # ---- no cluster needed ---------------------------------------------------------------------------
 def test_engine_names():
     assert make_engine("local", "tiny-random") is None and make_engine("", "x") is None
