@@ -13,8 +13,8 @@ The single-process code is the reference, and a Ray run is built to write the sa
   (apart from timing fields in shard metadata), and a driver crash leaves a prefix that a rerun
   resumes, as it does today.
 * **A worker is a Ray actor that loads the model once**, from a model *spec* (``"tiny-random"``,
-  a folder, a Hub id ...), never from a pickled model, and runs module-level functions
-  (``sample_batch``, ``pooled_means``) on it. Each item's random stream is seeded from
+  a folder, a Hub id ...), never from a pickled model, and runs the same module-level functions
+  as the local path (``generation.sample_batch``, ``activations.pool_chunk``) on it. Each item's random stream is seeded from
   ``(run seed, item id)``, so which worker ran it does not matter.
 * **Failures.** A worker whose process dies (a crash, an out-of-memory kill, a preempted node) is
   restarted by Ray (``max_restarts``) and the call it was running is retried
@@ -152,8 +152,12 @@ class RayEngine:
     ``workers=0`` sizes the pool to the cluster: one worker per ``gpus_per_worker`` GPUs, or per
     ``cpus_per_worker`` CPUs when ``gpus_per_worker`` is 0. A worker with several GPUs loads the
     model sharded over them (``device_map="auto"``). ``depth`` calls are queued per worker so a
-    worker never waits for the driver. ``chaos`` (tests and failure drills): the path of a marker
-    file; the first worker to start its second call creates it and kills its own process.
+    worker never waits for the driver. A worker whose process dies is restarted up to
+    ``max_restarts`` times, its calls retried as often. ``init`` goes to :func:`connect` (e.g.
+    ``num_cpus`` of a local cluster); workers that are not all up within ``start_timeout`` seconds
+    (the cluster lacks the resources, or a model loads forever) fail with a message. ``chaos``
+    (tests and failure drills): the path of a marker file; the first worker to start its second
+    call creates it and kills its own process.
     """
 
     kind = "ray"
