@@ -105,9 +105,17 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         (tmp / "emolib_source.json").write_text(
             json.dumps({"gguf": str(gguf), "sha256": _sha256(gguf)}, indent=1)
         )
+        # Several processes may convert at once (Ray workers starting together on a fresh node): the
+        # first complete folder wins, and a later one never replaces it under a process reading it.
+        if (out / "emolib_source.json").exists():
+            return
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            shutil.rmtree(out)  # a folder without its stamp: left by an older emolib, never complete
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "emolib_source.json").exists():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

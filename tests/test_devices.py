@@ -102,3 +102,34 @@ def test_load_model_passes_device_map_and_dtype_through(monkeypatch):
                                                             add_generation_prompt=True)], [0],
                        SamplingSettings(max_new_tokens=4, temperature=0.0))
     assert out[0].n_new_tokens >= 1 or out[0].finish == "eos"
+
+
+def test_concurrent_gguf_conversions_keep_the_first_complete_folder(tmp_path, monkeypatch):
+    """Ray workers starting together on a fresh node all convert the embedded GGUF; a conversion
+    that finishes second must not delete the folder another worker is already loading from."""
+    import json
+
+    import transformers
+
+    from emolib import models
+
+    out = tmp_path / "cache" / "model"
+    gguf = tmp_path / "m.gguf"
+    gguf.write_bytes(b"not really a gguf")
+
+    class Fake:
+        hf_quantizer = None
+        config = type("C", (), {})()
+
+        def save_pretrained(self, folder):
+            (folder / "weights").write_text("ours")
+            out.mkdir(parents=True)  # meanwhile, another process completes the same conversion
+            (out / "weights").write_text("theirs")
+            (out / "emolib_source.json").write_text(json.dumps({"sha256": "x"}))
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Fake())
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda *a, **k: type("T", (), {"save_pretrained": lambda self, f: None})())
+    models._convert_gguf(gguf, out)
+    assert (out / "weights").read_text() == "theirs"
+    assert sorted(p.name for p in out.parent.iterdir()) == ["model"]  # our temporary folder is gone
