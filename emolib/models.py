@@ -105,9 +105,17 @@ def _convert_gguf(gguf: Path, out: Path) -> None:
         (tmp / "emolib_source.json").write_text(
             json.dumps({"gguf": str(gguf), "sha256": _sha256(gguf)}, indent=1)
         )
+        # Several processes may convert at once (Ray workers starting together on a fresh node): the
+        # first complete folder wins, and a later one never replaces it under a process reading it.
+        if (out / "emolib_source.json").exists():
+            return
         if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+            shutil.rmtree(out)  # a folder without its stamp: left by an older emolib, never complete
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "emolib_source.json").exists():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -139,6 +147,16 @@ def _pick_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
                 "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
     except KeyError:
         raise ModelLoadError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None
+
+
+def _pick_device_map(device: str | None, device_map: str | dict | None) -> str | dict | None:
+    """``device_map`` as given; else ``"auto"`` when the device is left to emolib (None or "auto") and
+    several GPUs are visible, so that a model too large for one GPU is spread over all of them."""
+    if device_map:
+        return device_map
+    if device in (None, "auto") and torch.cuda.is_available() and torch.cuda.device_count() > 1:
+        return "auto"
+    return None
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL):
@@ -184,17 +202,23 @@ def _looks_like_hub_id(spec: str) -> bool:
 
 
 def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
-               dtype: str | torch.dtype | None = None, device_map: str | None = None):
+               dtype: str | torch.dtype | None = None, device_map: str | dict | None = None):
     """Load ``spec`` and return ``(model, tokenizer, ModelInfo)``; the model is in eval mode.
 
-    ``device_map="auto"`` (GPU users with accelerate) spreads a large model over the devices;
-    it is passed through untested here, since this project's machines have no accelerator.
+    ``device_map`` goes to transformers/accelerate as is: ``"auto"`` spreads a model that does
+    not fit one GPU over the GPUs of the node, block by block (emolib's capture, steering and
+    monitor hooks then run on each block's own device). With ``device=None``/``"auto"`` and more
+    than one visible GPU, ``"auto"`` is chosen by itself. ``dtype=None``/``"auto"`` is bfloat16 on
+    a GPU that supports it, else float32. The tiny random model is built in-process and ignores
+    ``device_map``. This project's CI has no GPU: the multi-GPU path is exercised on CPU only
+    (``device_map="auto"`` on one CPU, bfloat16), see docs/scaling.md.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = str(spec)
     dev = _pick_device(device)
     dt = _pick_dtype(dtype, dev)
+    device_map = _pick_device_map(device, device_map)
     if spec in _TINY_ALIASES:
         model, tok = tiny_model()
         model.to(device=dev, dtype=dt)
@@ -244,7 +268,15 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
         model.to(dev)
     model.eval()
     _ensure_pad(tok)
-    return model, tok, _info(model, tok, name, source, revision, dt, dev if not device_map else device_map)
+    return model, tok, _info(model, tok, name, source, revision, dt, _placement(model, dev, device_map))
+
+
+def _placement(model, device: str, device_map) -> str:
+    """Where the weights are: the device, or the sorted devices a device map put blocks on."""
+    if not device_map:
+        return str(device)
+    used = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values()})
+    return ",".join(used) if used else str(device_map)
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

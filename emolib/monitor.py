@@ -46,7 +46,7 @@ from typing import Any
 
 import torch
 
-from .capture import _block_output, _resolve_layers, tag, token_activations
+from .capture import PerDevice, _block_output, _resolve_layers, tag, token_activations
 from .models import base_model, find_layers, model_device
 from .vectors import EmotionVectors
 
@@ -574,6 +574,7 @@ class Monitor:
             c = vec.center[vec.layers.index(layer)] if (self.center and vec.center is not None) else None
             bs.append(c @ w if c is not None else torch.zeros(w.shape[1]))
         self._w = torch.stack(ws)  # [L, W, E]
+        self._w_placed = [PerDevice(w) for w in self._w]  # live hooks: one copy per block device, made once
         self._bias = torch.stack(bs).mean(0)  # [E]
         self.rules = [AlertRule.parse(r) for r in self.rules]
         for r in self.rules:
@@ -820,8 +821,9 @@ class LiveSession:
 
     def _partial(self, k: int, h: torch.Tensor) -> None:
         t0 = time.perf_counter()
-        part = h @ self.monitor._w[k].to(h.device)
-        self._acc = part if self._acc is None else self._acc + part
+        part = h @ self.monitor._w_placed[k].like(h)
+        # a model sharded over GPUs has its monitored blocks on several devices: sum on the first one's
+        self._acc = part if self._acc is None else self._acc + part.to(self._acc.device)
         self.hook_seconds += time.perf_counter() - t0
 
     def _end(self) -> None:

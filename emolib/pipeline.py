@@ -34,6 +34,9 @@ STAGES = (
     "05_monitoring",
     "06_causal_steering",
 )
+# Parameters that say where a stage runs, not what it computes: a Ray run writes what a local run
+# writes, so they are left out of the stage hash (switching engine never reruns a finished stage).
+EXECUTION_KEYS = ("engine", "ray_workers", "ray_gpus_per_worker")
 PROFILES_DIR = REPO_ROOT / "profiles"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
@@ -138,7 +141,8 @@ def run_pipeline(profile: str = "default", run: str | Path | None = None, sets: 
     t_all = time.perf_counter()
     for stage in STAGES:
         params = stage_parameters(prof, stage, run_path, fig_path, profile)
-        digest = _hash({"params": params, "upstream": upstream, "notebook": _file_hash(notebooks_dir / f"{stage}.ipynb")})
+        what = {k: v for k, v in params.items() if k not in EXECUTION_KEYS}
+        digest = _hash({"params": what, "upstream": upstream, "notebook": _file_hash(notebooks_dir / f"{stage}.ipynb")})
         upstream = digest
         out_nb = run_path / "notebooks" / f"{stage}.ipynb"
         record_path = run_path / "stages" / f"{stage}.json"

@@ -25,7 +25,7 @@ from typing import Union
 
 import torch
 
-from .capture import _block_output, _resolve_layers, pooled_means, tag
+from .capture import PerDevice, _block_output, _resolve_layers, pooled_means, tag
 from .models import base_model, find_layers
 
 Scope = Union[str, int, tuple]
@@ -134,11 +134,12 @@ def steer(model, vector, layers: Sequence[int] | int, strength: float,
             scale = float(torch.as_tensor(norms)[layer])
         deltas[layer] = float(strength) * scale * unit(v)
     tracker = _PositionTracker()
+    placed = {layer: PerDevice(d) for layer, d in deltas.items()}  # moved to each block's device once
 
     def make_hook(layer: int):
         def hook(_module, _args, output):
             h = _block_output(output)
-            d = deltas[layer].to(device=h.device, dtype=h.dtype)
+            d = placed[layer].like(h)
             m = tracker.scope_mask(scope, h.shape[0], h.device)
             new = h + d if m is None else h + m.to(h.dtype) * d
             if isinstance(output, tuple):

@@ -763,12 +763,13 @@ def generate_corpus(model, tokenizer, run: str | Path, *, writer: str, emotions:
                     n_neutral_prompts: int, dialogues_per_prompt: int, seed: int,
                     count_tokens: Callable[[str], int] | None = None, min_tokens: int = 60,
                     checks: Sequence[str] | None = None, trim_cut: bool = False,
-                    progress: bool = True) -> CorpusRun:
+                    progress: bool = True, engine=None) -> CorpusRun:
     """Write ``<run>/stories/{raw_stories,raw_neutral,stories,neutral}.jsonl``.
 
     ``model``/``tokenizer`` are the *writer*; ``count_tokens`` should count tokens with the subject
     model's tokenizer (the one that will read the stories in 02). The raw files are append-only and
-    resumable; the parsed files are rebuilt from them (atomically) on every call.
+    resumable; the parsed files are rebuilt from them (atomically) on every call. ``engine`` (see
+    :mod:`emolib.distributed`) generates on a Ray cluster or vLLM instead; ``model`` may then be None.
     """
     from .generation import generate_to_store
 
@@ -776,13 +777,14 @@ def generate_corpus(model, tokenizer, run: str | Path, *, writer: str, emotions:
     folder.mkdir(parents=True, exist_ok=True)
     sjobs = story_jobs(emotions, n_topics, stories_per_prompt, seed, samples_per_topic)
     srep = generate_to_store(model, tokenizer, make_prompts(tokenizer, sjobs), folder / "raw_stories.jsonl",
-                             settings, seed=seed, writer=writer, progress=progress, desc="stories")
+                             settings, seed=seed, writer=writer, progress=progress, desc="stories", engine=engine)
     nrep = None
     neutral: list[dict[str, Any]] = []
     if n_neutral_prompts > 0:
         njobs = neutral_jobs(n_neutral_prompts, dialogues_per_prompt, seed)
         nrep = generate_to_store(model, tokenizer, make_prompts(tokenizer, njobs), folder / "raw_neutral.jsonl",
-                                 neutral_settings, seed=seed, writer=writer, progress=progress, desc="neutral")
+                                 neutral_settings, seed=seed, writer=writer, progress=progress, desc="neutral",
+                                 engine=engine)
         neutral = story_records(nrep.records, count_tokens, min_tokens, checks, trim_cut=trim_cut)
     stories = story_records(srep.records, count_tokens, min_tokens, checks, trim_cut=trim_cut)
     write_jsonl(folder / "stories.jsonl", stories)
