@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .capture import PooledActivations, _resolve_layers, pooled_means, record_residual, relative_positions
+from .capture import PooledActivations, _resolve_layers, pad_batch, pad_id_of, pool_mask, pooled_means, record_residual
 from .distributed import run_jobs
 from .models import base_model, model_device
 
@@ -244,7 +244,7 @@ def neutral_token_moments(model, tokenizer, texts: Sequence[str], layers: Sequen
     width = int(model.config.hidden_size)
     enc = [tokenizer(t, truncation=max_length is not None, max_length=max_length)["input_ids"] for t in texts]
     order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = pad_id_of(tokenizer)
     total = torch.zeros(len(idx), width, dtype=torch.float64)
     outer = torch.zeros(len(idx), width, width, dtype=torch.float64)
     shift = torch.zeros(len(idx), width)
@@ -255,13 +255,8 @@ def neutral_token_moments(model, tokenizer, texts: Sequence[str], layers: Sequen
     with torch.inference_mode(), record_residual(model, idx) as rec:
         for b in range(0, len(order), batch_size):
             rows = order[b:b + batch_size]
-            n_max = max(len(enc[r]) for r in rows)
-            ids = torch.full((len(rows), n_max), pad_id, dtype=torch.long)
-            mask = torch.zeros(len(rows), n_max, dtype=torch.long)
-            for j, r in enumerate(rows):
-                ids[j, :len(enc[r])] = torch.tensor(enc[r])
-                mask[j, :len(enc[r])] = 1
-            keep2d = mask.bool() & (relative_positions(mask) >= start)
+            ids, mask = pad_batch([enc[r] for r in rows], pad_id, "right")
+            keep2d = pool_mask(mask, start)
             keep = keep2d.reshape(-1)
             n_seen += int(mask.sum())
             if not keep.any():

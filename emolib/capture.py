@@ -160,11 +160,6 @@ def pad_left(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, 
     return pad_batch(seqs, pad_id, "left")
 
 
-def relative_positions(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of each position counted from its row's first real token (-1 on left padding)."""
-    return attention_mask.long().cumsum(dim=-1) - 1
-
-
 def pool_mask(attention_mask: torch.Tensor, start: int) -> torch.Tensor:
     """Which positions the pooled mean averages: real tokens at index ``>= start`` of their own text.
 
@@ -236,14 +231,14 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
         with torch.inference_mode():
             for rows in batches:
                 ids_t, mask = pad_batch([enc[r] for r in rows], pad_id, side)
-                rel = relative_positions(mask)
                 pool = pool_mask(mask, start).to(dev)
+                norm = pool_mask(mask, 1)  # residual norms skip each text's first token
                 state["rows"] = torch.tensor(rows)
                 # masks follow each hook to its block's device (a sharded model has several)
                 state["pool_mask"] = PerDevice(pool.unsqueeze(1).float())
-                state["norm_mask"] = PerDevice((mask.bool() & (rel >= 1)).float().to(dev))
+                state["norm_mask"] = PerDevice(norm.float().to(dev))
                 counts[rows] = pool.sum(dim=1).cpu()
-                norm_count += int((mask.bool() & (rel >= 1)).sum())
+                norm_count += int(norm.sum())
                 total += int(mask.sum())
                 try:
                     core(input_ids=ids_t.to(dev), attention_mask=mask.to(dev), use_cache=False)
