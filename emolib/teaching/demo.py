@@ -15,6 +15,7 @@ import os
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -76,6 +77,25 @@ class Classroom:
     start: int
     seconds: float
 
+    @cached_property
+    def neutral_pca(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(components [k, width], explained-variance ratios)`` of the neutral dialogues' pooled
+        activations (sklearn centres them); computed once, shared by exercises 3-6."""
+        from sklearn.decomposition import PCA
+
+        pca = PCA(svd_solver="full").fit(self.neutral_means.double().numpy())
+        return torch.as_tensor(pca.components_, dtype=torch.float32), torch.as_tensor(pca.explained_variance_ratio_)
+
+    @cached_property
+    def reference_vectors(self) -> torch.Tensor:
+        """emolib's own denoised vectors for the classroom's emotions (so exercises 4-6 do not depend on 2-3)."""
+        from ..vectors import emotion_means, grand_mean_center, n_components_for, project_out
+
+        means, _, _ = emotion_means(self.story_means, self.labels, self.emotions)
+        vec, _ = grand_mean_center(means)
+        comps, ratio = self.neutral_pca
+        return project_out(vec, comps[:n_components_for(ratio, 0.5)])
+
     def describe(self) -> str:
         return (f"{self.model_name}: block {self.layer}, {len(self.labels)} stories of {len(self.emotions)} emotions, "
                 f"{len(self.neutral_means)} neutral dialogues, pooled from token {self.start}; "
@@ -127,9 +147,10 @@ def _plt():
 def show_pool_mask(cls: Classroom, pool_mask: Callable, start: int = 8) -> dict[str, float]:
     """Pool four left-padded texts of different lengths with the student's mask; compare to emolib."""
     from ..capture import pad_batch, pad_id_of, pooled_means, record_residual
+    from ..stories import load_corpus
 
-    texts = [" ".join(cls_text.split()[:n]) for cls_text, n in
-             zip(_first_texts(cls, 4), (10, 16, 24, 30))]
+    first = [r["text"] for r in load_corpus("reference", "story")[:4]]
+    texts = [" ".join(text.split()[:n]) for text, n in zip(first, (10, 16, 24, 30))]
     enc = [cls.tokenizer(t)["input_ids"] for t in texts]
     ids, mask = pad_batch(enc, pad_id_of(cls.tokenizer), "left")
     m = pool_mask(mask, start).bool()
@@ -151,12 +172,6 @@ def show_pool_mask(cls: Classroom, pool_mask: Callable, start: int = 8) -> dict[
     print(f"Your pooled means vs emolib.capture.pooled_means: max |difference| = {diff:.2e} "
           f"({'they match' if diff < 1e-4 else 'they differ: look at the test messages above'}).")
     return {"max_abs_diff": diff}
-
-
-def _first_texts(cls: Classroom, n: int) -> list[str]:
-    from ..stories import load_corpus
-
-    return [r["text"] for r in load_corpus("reference", "story")[:n]]
 
 
 # ---- exercise 2 ------------------------------------------------------------------------------------
@@ -195,14 +210,6 @@ def show_vectors(cls: Classroom, emotion_means: Callable, grand_mean_center: Cal
 
 
 # ---- exercise 3 ------------------------------------------------------------------------------------
-def neutral_pca(cls: Classroom):
-    """PCA of the neutral dialogues' pooled activations (sklearn centres them)."""
-    from sklearn.decomposition import PCA
-
-    pca = PCA(svd_solver="full").fit(cls.neutral_means.double().numpy())
-    return torch.as_tensor(pca.components_, dtype=torch.float32), torch.as_tensor(pca.explained_variance_ratio_)
-
-
 def loo_accuracy(cls: Classroom, transform: Callable[[torch.Tensor], torch.Tensor]) -> float:
     """Leave-one-story-out nearest-vector accuracy: vectors from the other stories, cosine of the
     held-out story (minus their grand mean) with each; ``transform`` is applied to the vectors."""
@@ -221,7 +228,7 @@ def loo_accuracy(cls: Classroom, transform: Callable[[torch.Tensor], torch.Tenso
 def show_denoising(cls: Classroom, n_components_for: Callable, project_out: Callable,
                    threshold: float = 0.5) -> dict[str, float]:
     """How many neutral PCs the 50 % rule removes, and what removing them does to held-out accuracy."""
-    comps, ratio = neutral_pca(cls)
+    comps, ratio = cls.neutral_pca
     k = int(n_components_for(ratio, threshold))
     basis = comps[:k]
     raw = loo_accuracy(cls, lambda v: v)
@@ -248,21 +255,11 @@ def show_denoising(cls: Classroom, n_components_for: Callable, project_out: Call
 
 
 # ---- exercise 4 ------------------------------------------------------------------------------------
-def reference_vectors(cls: Classroom) -> torch.Tensor:
-    """emolib's own denoised vectors for the classroom's emotions (so exercises 4-6 do not depend on 2-3)."""
-    from ..vectors import emotion_means, grand_mean_center, n_components_for, project_out
-
-    means, _, _ = emotion_means(cls.story_means, cls.labels, cls.emotions)
-    vec, _ = grand_mean_center(means)
-    comps, ratio = neutral_pca(cls)
-    return project_out(vec, comps[:n_components_for(ratio, 0.5)])
-
-
 def show_readout(cls: Classroom, cosine_similarity: Callable) -> dict[str, float]:
     """Cosine of the assistant-header activation with each emotion vector, for six user messages."""
     from ..evals.scenarios import header_activations
 
-    vec = reference_vectors(cls)
+    vec = cls.reference_vectors
     acts = header_activations(cls.model, cls.tokenizer, [m for m, _ in MESSAGES], [cls.layer])[:, 0]
     cos = torch.as_tensor(cosine_similarity(acts, vec)).float().numpy()
     z = (cos - cos.mean(0)) / cos.std(0).clip(1e-9)
@@ -294,7 +291,7 @@ def show_steering(cls: Classroom, add_vector: Callable, emotion: str = "happy",
     over unpleasant words, and two greedy continuations."""
     from ..chat import format_user_turn
 
-    vec = reference_vectors(cls)[cls.emotions.index(emotion)]
+    vec = cls.reference_vectors[cls.emotions.index(emotion)]
     unit = vec / vec.norm()
     fp = format_user_turn(cls.tokenizer, "In one sentence: how was your day?")
     ids = torch.tensor([fp.ids])
