@@ -5,14 +5,18 @@ the mean block output over token positions ``>= start`` (:func:`emolib.capture.p
 This module runs that over a corpus in shards and keeps the results under
 ``<run>/activations/<name>/``:
 
-* ``manifest.json`` -- the settings the shards were made with (model, revision, token offset,
-  layers, max length); a mismatch means the shards belong to another experiment, so they are
-  deleted and pooling starts again;
+* ``manifest.json`` -- the settings the shards were made with (format, model, revision, token
+  offset, layers, max length); a mismatch means the shards belong to another experiment, so *the
+  shards* (and nothing else) are removed and pooling starts again. A ``manifest.json`` that does
+  not declare emolib's format is someone else's: the folder is left alone and an error names it;
 * ``shard-00000.safetensors``, ... -- ``means [n, layers, width]`` in float16 (storage only: all
   maths is float32 or better), ``n_tokens``, and the per-shard residual-norm statistics; the
-  story ids are in the shard's metadata.
+  story ids are in the shard's metadata. A shard holds no clock time, so the same records pooled
+  with the same settings give byte-identical shards, on one process or on a Ray cluster;
+* ``timings.jsonl`` -- wall time and token count of each shard as it was written (for throughput).
 
-A crash loses at most the shard in flight; a rerun pools only the records not yet in a shard.
+A crash loses at most the shard in flight; a rerun pools only the records not yet in a shard. One
+process writes a folder at a time (:func:`emolib.locks.exclusive`).
 
 The per-token neutral PCA needs every token's activation, but only through its covariance:
 :func:`neutral_token_moments` streams the dialogues batch by batch and keeps running sums
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import time
 from collections.abc import Sequence
 from contextlib import closing
@@ -33,11 +36,22 @@ from typing import Any
 
 import torch
 
-from .capture import PooledActivations, _resolve_layers, pad_batch, pad_id_of, pool_mask, pooled_means, record_residual
+from .capture import (
+    PooledActivations,
+    _resolve_layers,
+    encode_texts,
+    pad_batch,
+    pad_id_of,
+    pool_mask,
+    pooled_means,
+    record_residual,
+)
 from .distributed import run_jobs
+from .locks import exclusive
 from .models import base_model, model_device
 
 MANIFEST = "manifest.json"
+TIMINGS = "timings.jsonl"
 FORMAT = "emolib.pooled_activations/1"
 
 
@@ -101,11 +115,25 @@ def _read_shards(folder: Path) -> list[dict[str, Any]]:
     for p in sorted(folder.glob("shard-*.safetensors")):
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
-            shards.append({"ids": json.loads(meta["ids"]), "means": f.get_tensor("means"),
+            meta = json.loads(meta["shard"]) if "shard" in meta else {k: json.loads(v) for k, v in meta.items()}
+            shards.append({"ids": list(meta["ids"]), "means": f.get_tensor("means"),
                            "n_tokens": f.get_tensor("n_tokens"), "norm_sum": f.get_tensor("norm_sum"),
-                           "norm_count": int(meta["norm_count"]), "seconds": float(meta.get("seconds", 0)),
-                           "total_tokens": int(meta.get("total_tokens", 0))})
+                           "norm_count": int(meta["norm_count"]), "total_tokens": int(meta.get("total_tokens", 0))})
     return shards
+
+
+def _timings(folder: Path) -> float:
+    """Seconds spent writing the folder's shards (``timings.jsonl``; 0 if absent)."""
+    path = folder / TIMINGS
+    if not path.exists():
+        return 0.0
+    total = 0.0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            total += float(json.loads(line)["seconds"])
+        except (ValueError, KeyError, TypeError):
+            continue  # a torn line from a kill: timing is informative only
+    return total
 
 
 def _write_shard(folder: Path, index: int, ids: list[str], pooled, norm_count: int) -> None:
@@ -116,9 +144,13 @@ def _write_shard(folder: Path, index: int, ids: list[str], pooled, norm_count: i
     norm_sum = pooled.residual_norms.double() * norm_count
     save_file({"means": pooled.means.to(torch.float16).contiguous(), "n_tokens": pooled.n_tokens.contiguous(),
                "norm_sum": norm_sum.contiguous()}, str(tmp),
-              metadata={"ids": json.dumps(ids), "norm_count": str(norm_count), "seconds": f"{pooled.seconds:.3f}",
-                        "total_tokens": str(pooled.total_tokens)})
+              # one metadata key: safetensors writes several keys in a random order, and a shard must be the
+              # same bytes every time it is made
+              metadata={"shard": json.dumps({"ids": ids, "norm_count": norm_count, "total_tokens": pooled.total_tokens},
+                                            sort_keys=True)})
     tmp.replace(path)
+    with open(folder / TIMINGS, "a", encoding="utf-8") as f:
+        f.write(json.dumps({"shard": path.name, "seconds": round(pooled.seconds, 3), "tokens": pooled.total_tokens}) + "\n")
 
 
 def pool_chunk(model, tokenizer, **kwargs) -> PooledActivations:
@@ -137,7 +169,8 @@ def pool_corpus(model, tokenizer, records: Sequence[dict], folder: str | Path, *
 
     ``model_id`` names the weights (e.g. ``f"{info.name}@{info.revision}"``); together with
     ``start``, ``layers`` and ``max_length`` it must match the folder's manifest, else the old
-    shards are removed first. Records already in a shard are not pooled again. The returned
+    shards (only they) are removed first; a folder whose manifest emolib did not write is refused.
+    Records already in a shard are not pooled again. The returned
     rows follow ``records``' order. With ``engine`` (:class:`emolib.distributed.RayEngine`) each
     shard's chunk is pooled on a worker and the shards are written here, in order, as they come
     back: the same chunks, hence the same numbers, as in one process (``model`` may be None).
@@ -150,12 +183,34 @@ def pool_corpus(model, tokenizer, records: Sequence[dict], folder: str | Path, *
     idx = _resolve_layers(model if model is not None else engine.describe()[1].n_layers, layers)
     folder = Path(folder)
     settings = _settings(model_id, start, idx, max_length)
+    with exclusive(folder, what=f"pooling {desc} into {folder.name}"):
+        return _pool_locked(model, tokenizer, records, folder, settings, idx, ids, start=start, batch_size=batch_size,
+                            shard_size=shard_size, max_length=max_length, progress=progress, desc=desc, engine=engine)
+
+
+def _prepare_folder(folder: Path, settings: dict[str, Any]) -> None:
+    """Make ``folder`` hold shards of ``settings``: remove *our* stale shards, never anything else."""
     man_path = folder / MANIFEST
-    if man_path.exists() and json.loads(man_path.read_text()) != settings:
-        shutil.rmtree(folder)
+    if man_path.exists():
+        try:
+            old = json.loads(man_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            old = None
+        if not isinstance(old, dict) or old.get("format") != FORMAT:
+            raise ValueError(f"{folder} holds a {MANIFEST} that emolib did not write (no format {FORMAT!r}); "
+                             "its files are left untouched. Pool into an empty folder or one emolib made.")
+        if old != settings:
+            for p in list(folder.glob("shard-*.safetensors")) + list(folder.glob("shard-*.tmp")) + [folder / TIMINGS]:
+                p.unlink(missing_ok=True)
+            man_path.unlink()
     folder.mkdir(parents=True, exist_ok=True)
     if not man_path.exists():
         man_path.write_text(json.dumps(settings, indent=1))
+
+
+def _pool_locked(model, tokenizer, records, folder: Path, settings, idx, ids, *, start, batch_size, shard_size,
+                 max_length, progress, desc, engine) -> PooledCorpus:
+    _prepare_folder(folder, settings)
     shards = _read_shards(folder)
     done = {k for s in shards for k in s["ids"]}
     todo = [r for r in records if str(r["id"]) not in done]
@@ -195,7 +250,7 @@ def load_pooled(folder: str | Path, ids: Sequence[str] | None = None) -> PooledC
     n_tok = torch.cat([s["n_tokens"] for s in shards])
     count = sum(s["norm_count"] for s in shards)
     norms = (sum(s["norm_sum"] for s in shards) / max(count, 1)).float()
-    meta = {**settings, "seconds": sum(s["seconds"] for s in shards),
+    meta = {**settings, "seconds": _timings(folder),
             "total_tokens": sum(s["total_tokens"] for s in shards), "folder": str(folder)}
     full = PooledCorpus(ids=all_ids, means=means, n_tokens=n_tok, layers=list(settings["layers"]),
                         residual_norms=norms, meta=meta)
@@ -242,7 +297,7 @@ def neutral_token_moments(model, tokenizer, texts: Sequence[str], layers: Sequen
     idx = _resolve_layers(model, layers)
     dev = model_device(model)
     width = int(model.config.hidden_size)
-    enc = [tokenizer(t, truncation=max_length is not None, max_length=max_length)["input_ids"] for t in texts]
+    enc = encode_texts(tokenizer, texts, max_length, what="neutral_token_moments")
     order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
     pad_id = pad_id_of(tokenizer)
     total = torch.zeros(len(idx), width, dtype=torch.float64)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -70,6 +71,8 @@ def _resolve_layers(model, layers: Sequence[int] | int | None) -> list[int]:
         return list(range(n))
     if isinstance(layers, int):
         layers = [layers]
+    if len(layers) == 0:
+        raise ValueError("layers is empty: give at least one block index (or None for all blocks).")
     out = []
     for layer in layers:
         idx = layer + n if layer < 0 else layer
@@ -175,6 +178,22 @@ def pool_mask(attention_mask: torch.Tensor, start: int) -> torch.Tensor:
     ### END SOLUTION
 
 
+def encode_texts(tokenizer, texts: Sequence[str], max_length: int | None, add_special_tokens: bool = True,
+                 what: str = "encoding") -> list[list[int]]:
+    """Token ids of each text, cut to ``max_length`` with a warning that says how many were cut.
+
+    Silent truncation hid that a long transcript was only partly read; now the caller is told.
+    """
+    enc = [list(tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]) for t in texts]
+    if max_length is not None:
+        long = [len(e) for e in enc if len(e) > max_length]
+        if long:
+            warnings.warn(f"{what}: {len(long)} of {len(enc)} text(s) are longer than max_length={max_length} tokens "
+                          f"(longest {max(long)}) and were cut to their first {max_length} tokens.", stacklevel=3)
+            enc = [e[:max_length] for e in enc]
+    return enc
+
+
 def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] | int | None = None,
                  start: int = 50, batch_size: int = 8, max_length: int | None = 1024,
                  ids: Sequence | None = None, add_special_tokens: bool = True,
@@ -195,8 +214,7 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
     blocks = find_layers(model)
     dev = model_device(model)
     width = int(model.config.hidden_size)
-    enc = [tokenizer(t, add_special_tokens=add_special_tokens, truncation=max_length is not None,
-                     max_length=max_length)["input_ids"] for t in texts]
+    enc = encode_texts(tokenizer, texts, max_length, add_special_tokens=add_special_tokens, what="pooled_means")
     order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
     sums = torch.zeros(len(texts), len(idx), width, dtype=torch.float64)
     counts = torch.zeros(len(texts), dtype=torch.long)
@@ -230,6 +248,9 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
     try:
         with torch.inference_mode():
             for rows in batches:
+                rows = [r for r in rows if enc[r]]  # an empty text has no token to pool: reported as short
+                if not rows:
+                    continue
                 ids_t, mask = pad_batch([enc[r] for r in rows], pad_id, side)
                 pool = pool_mask(mask, start).to(dev)
                 norm = pool_mask(mask, 1)  # residual norms skip each text's first token
@@ -271,7 +292,15 @@ def token_activations(model, tokenizer, text: str | None = None, layers: Sequenc
         if text is None:
             raise ValueError("Give a text or input_ids.")
         input_ids = tokenizer(text, return_tensors="pt")["input_ids"]
-    input_ids = input_ids.reshape(1, -1).to(model_device(model))
+    input_ids = torch.as_tensor(input_ids).reshape(1, -1)
+    if input_ids.shape[1] == 0:
+        raise ValueError("token_activations got an empty text: there is no token to read.")
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and input_ids.shape[1] > limit:
+        warnings.warn(f"token_activations: the input has {input_ids.shape[1]} tokens but the model has {limit} "
+                      f"positions; only the first {limit} are read.", stacklevel=2)
+        input_ids = input_ids[:, :limit]
+    input_ids = input_ids.to(model_device(model))
     with torch.inference_mode(), record_residual(model, idx) as rec:
         run_until(model, idx, input_ids=input_ids)
     acts = torch.stack([rec[layer][0][0] for layer in idx], dim=1).cpu()

@@ -14,8 +14,9 @@ Why it looks the way it does:
   (prompts sorted by token length, then id, cut into ``batch_size`` chunks) is a pure function
   of the prompt list and the settings, and a resumed run regenerates whole batches: an item is
   produced in exactly the batch it would have been in without the crash, hence identically.
-* **Append-only JSONL store, one write per finished batch.** A kill loses at most the batch in
-  flight. A torn last line (killed mid-write) is cut off on the next read; a batch that is only
+* **Append-only JSONL store, one write per finished batch** (:mod:`emolib.store`), under a writer
+  lock held for the whole run (:mod:`emolib.locks`). A kill loses at most the batch in flight.
+  A torn last line (killed mid-write) is reported and cut by the next write; a batch that is only
   partly on disk is regenerated and only its missing ids are appended, so no id is ever written
   twice and the file ends up byte-identical to an uninterrupted run's.
 * **An engine runs the batches elsewhere, the driver writes them.** With ``engine=`` (a Ray
@@ -27,10 +28,8 @@ Why it looks the way it does:
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 
 from .distributed import run_jobs
 from .models import model_device
+from .store import JsonlStore
 
 
 @dataclass(frozen=True)
@@ -219,46 +219,6 @@ def plan_batches(prompts: Sequence[Prompt], tokenizer, batch_size: int) -> list[
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-class JsonlStore:
-    """An append-only JSON-lines file keyed by ``id``: whole batches are written with one
-    ``os.write`` + ``fsync``; a torn tail (kill mid-write) is cut off when the file is next read."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        raw = self.path.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            cut = raw.rfind(b"\n") + 1
-            with open(self.path, "r+b") as f:
-                f.truncate(cut)
-            raw = raw[:cut]
-        records = [json.loads(line) for line in raw.decode("utf-8").splitlines() if line.strip()]
-        seen: set[str] = set()
-        for r in records:
-            if r["id"] in seen:
-                raise ValueError(f"{self.path} holds id {r['id']!r} twice; the store is corrupt.")
-            seen.add(r["id"])
-        return records
-
-    def append(self, records: Iterable[dict[str, Any]]) -> None:
-        data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode("utf-8")
-        if not data:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def _progress(total: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
@@ -279,9 +239,17 @@ def generate_to_store(model, tokenizer, prompts: Sequence[Prompt], store: str | 
     batches on an engine's workers; ``model`` may then be None, ``tokenizer`` must be the writer's.
     The Ray engine writes exactly what this process would; an engine with another sampler (vLLM)
     marks ``gen`` with its name, so the two never mix in one store. ``_after_batch`` is a test
-    hook (simulated crashes).
+    hook (simulated crashes). The store's writer lock is held for the whole call: a second process
+    writing the same store fails at once with :class:`emolib.locks.LockedError` naming this one.
     """
     store = store if isinstance(store, JsonlStore) else JsonlStore(store)
+    with store.writer(f"generating {desc} into {store.path.name}"):
+        return _generate_locked(model, tokenizer, prompts, store, settings, seed, writer, progress, desc, engine,
+                                _after_batch)
+
+
+def _generate_locked(model, tokenizer, prompts, store: JsonlStore, settings: SamplingSettings, seed: int, writer: str,
+                     progress: bool, desc: str, engine, _after_batch) -> GenerationReport:
     gen = dict(settings.to_dict(), seed=int(seed), **(getattr(engine, "gen_tag", None) or {}))
     existing = store.read()
     for r in existing[:1]:

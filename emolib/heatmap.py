@@ -70,8 +70,25 @@ def scale_values(values: Any, q: float = 99.0, scale: float | None = None) -> tu
 
 
 def display_tokens(tokenizer, ids: Sequence[int]) -> list[str]:
-    """Each token decoded on its own (so spaces and line breaks stay visible)."""
-    return [tokenizer.decode([int(i)]) for i in ids]
+    """One printable piece per token (spaces and line breaks stay visible), each character once.
+
+    A multi-byte character split over several byte-level tokens is decoded once, on the first
+    of its tokens (the others show nothing), instead of a replacement mark or a repeat per token.
+    """
+    ids = [int(i) for i in ids]
+    out: list[str] = []
+    i = 0
+    while i < len(ids):
+        j = i + 1
+        piece = tokenizer.decode(ids[i:j])
+        while "\ufffd" in piece and j < len(ids) and j - i < 8:  # an incomplete character: join the next token
+            j += 1
+            piece = tokenizer.decode(ids[i:j])
+        if "\ufffd" in piece:  # not completed within 8 tokens: show each token alone
+            j, piece = i + 1, tokenizer.decode(ids[i:i + 1])
+        out.extend([piece] + [""] * (j - i - 1))
+        i = j
+    return out
 
 
 @dataclass

@@ -88,6 +88,26 @@ def _embedded_gguf() -> Path:
     return path
 
 
+def check_gguf(path: Path) -> None:
+    """Read a GGUF's header and tensor table, so a damaged file fails with a message, not a
+    ``struct.error`` from deep inside transformers (a truncated download has a valid magic)."""
+    import gguf as gguf_lib
+
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise ModelLoadError(f"{path} is not a GGUF file (it starts with {magic!r}, not b'GGUF').")
+    try:
+        reader = gguf_lib.GGUFReader(str(path))
+        n = len(reader.tensors)
+    except Exception as err:  # noqa: BLE001 - the reader raises IndexError, ValueError, struct.error...
+        raise ModelLoadError(f"{path} is a damaged or incomplete GGUF file ({path.stat().st_size:,} bytes; "
+                             f"{type(err).__name__}: {err}). It was probably cut short by an interrupted copy or "
+                             "download: get the file again.") from None
+    if n == 0:
+        raise ModelLoadError(f"{path} is a GGUF file with no tensors: not a model.")
+
+
 def _convert_gguf(gguf: Path, out: Path) -> None:
     """Dequantise a GGUF into a plain HF folder, atomically (a crash leaves no half folder)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -125,7 +145,9 @@ def default_model_dir() -> Path:
     """The converted default model's folder, converting the embedded GGUF on first use."""
     out = cache_dir() / DEFAULT_MODEL
     if not (out / "emolib_source.json").exists():
-        _convert_gguf(_embedded_gguf(), out)
+        src = _embedded_gguf()
+        check_gguf(src)
+        _convert_gguf(src, out)
     return out
 
 
@@ -240,6 +262,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
                 raise ModelLoadError(f"GGUF file not found: {path}")
             folder = cache_dir() / f"gguf-{_sha256(path)[:16]}"
             if not (folder / "emolib_source.json").exists():
+                check_gguf(path)
                 _convert_gguf(path, folder)
             source, name, revision = "gguf-file", path.name, _sha256(path)
             model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)

@@ -187,6 +187,30 @@ def _turn_bounds(tokenizer, messages, full: str) -> tuple[list[int], list[tuple[
     return starts, spans
 
 
+def _message(i: int, m) -> dict[str, str]:
+    """One chat message as ``{"role", "content"}``, or a ValueError saying which message is wrong."""
+    if not isinstance(m, dict):
+        raise ValueError(f"Message {i} is a {type(m).__name__}; a message is a dict with 'role' and 'content'.")
+    missing = [k for k in ("role", "content") if k not in m]
+    if missing:
+        raise ValueError(f"Message {i} has no {' and no '.join(repr(k) for k in missing)}: {str(m)[:80]}")
+    return {"role": str(m["role"]), "content": str(m["content"])}
+
+
+def offset_pieces(text: str, offsets: Sequence[tuple[int, int]]) -> list[str]:
+    """The text piece of each token, every character given to the first token that covers it.
+
+    Byte-level tokenizers split a multi-byte character (我) over several tokens that all report
+    the same character span; slicing each span would show the character once per token.
+    """
+    out, done = [], 0
+    for a, b in offsets:
+        a = max(a, done)
+        out.append(text[a:b] if b > a else "")
+        done = max(done, b)
+    return out
+
+
 def encode_chat(tokenizer, messages: Sequence[dict[str, str]], add_generation_prompt: bool | None = None,
                 continue_final_message: bool | None = None) -> ChatTokens:
     """Render ``messages`` with the chat template and label every token with its role and turn.
@@ -196,7 +220,7 @@ def encode_chat(tokenizer, messages: Sequence[dict[str, str]], add_generation_pr
     for the model to continue (``continue_final_message``) -- so the result is ready for
     ``generate``. Pass both as False to score a finished transcript exactly as written.
     """
-    messages = [{"role": str(m["role"]), "content": str(m["content"])} for m in messages]
+    messages = [_message(i, m) for i, m in enumerate(messages)]
     if not messages:
         raise ValueError("A conversation needs at least one message.")
     last_is_assistant = messages[-1]["role"] == "assistant"
@@ -225,7 +249,7 @@ def encode_chat(tokenizer, messages: Sequence[dict[str, str]], add_generation_pr
         roles.append(role)
         turns.append(turn)
         content.append(0 <= turn < n and spans[turn][0] <= a < max(spans[turn][1], spans[turn][0] + 1) and b > a)
-    tokens = [full[a:b] for a, b in offsets]
+    tokens = offset_pieces(full, offsets)
     return ChatTokens(text=full, ids=ids, tokens=tokens, roles=roles, turns=turns, content=content,
                       offsets=offsets, messages=messages, gen_role="assistant", gen_turn=gen_turn,
                       prompt_len=len(ids), _gen_text="")
@@ -615,6 +639,14 @@ class Monitor:
         return [AlertRule(first, True, 99.0, k), AlertRule(second, False, 1.0, k)]
 
     # -- offline scoring ------------------------------------------------------------------------
+    def check_model(self, model) -> None:
+        """The vectors must live in this model's residual stream: same width, layers that exist."""
+        width = int(model.config.hidden_size)
+        if width != self.vectors.width:
+            raise ValueError(f"The vectors have width {self.vectors.width} but the model's residual stream has width "
+                             f"{width}: they were made for another model ({self.vectors.meta.get('model', '?')}).")
+        _resolve_layers(model, self.layers)
+
     def _as_chat(self, tokenizer, conversation) -> ChatTokens:
         if isinstance(conversation, ChatTokens):
             return conversation
@@ -625,6 +657,7 @@ class Monitor:
     def score(self, model, tokenizer, conversation, max_tokens: int | None = None,
               with_alerts: bool = True) -> MonitorTrace:
         """Score a finished conversation (messages, a ``Human:/Assistant:`` string, or ``ChatTokens``)."""
+        self.check_model(model)
         chat = self._as_chat(tokenizer, conversation)
         ids = chat.ids if max_tokens is None else chat.ids[:max_tokens]
         acts, _ = token_activations(model, tokenizer, layers=self.layers, input_ids=torch.tensor(ids))
@@ -700,6 +733,7 @@ class Monitor:
         the prompt tokens; tokens past it are generated (role ``prompt.gen_role``). Hooks are
         removed on exit, also after an exception.
         """
+        self.check_model(model)
         session = LiveSession(self, tokenizer, prompt, on_token)
         blocks = find_layers(model)
         idx = _resolve_layers(model, self.layers)

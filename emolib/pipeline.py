@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .runs import REPO_ROOT, read_json, run_dir, write_json
+from .locks import LockedError, check_writable, exclusive, handed_to_children
+from .runs import REPO_ROOT, read_json, write_json
 
 STAGES = (
     "01_generate_stories",
@@ -37,6 +38,8 @@ STAGES = (
 # Parameters that say where a stage runs, not what it computes: a Ray run writes what a local run
 # writes, so they are left out of the stage hash (switching engine never reruns a finished stage).
 EXECUTION_KEYS = ("engine", "ray_workers", "ray_gpus_per_worker")
+# Profile keys the pipeline itself reads (never passed to a notebook).
+COMMON_ONLY = ("figures",)
 PROFILES_DIR = REPO_ROOT / "profiles"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
 
@@ -66,8 +69,13 @@ def load_profile(name: str, profiles_dir: Path = PROFILES_DIR) -> dict[str, dict
     return prof
 
 
-def apply_overrides(prof: dict[str, dict[str, Any]], sets: list[str]) -> dict[str, dict[str, Any]]:
-    """``key=value`` sets a common key or every stage key of that name; ``stage.key=value`` one stage."""
+def apply_overrides(prof: dict[str, dict[str, Any]], sets: list[str],
+                    declared: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """``key=value`` sets a common key or every stage key of that name; ``stage.key=value`` one stage.
+
+    With ``declared`` (each notebook's parameters), a key the profile does not list but some
+    notebooks declare is set for those notebooks.
+    """
     prof = {k: dict(v) for k, v in prof.items()}
     for item in sets:
         if "=" not in item:
@@ -86,9 +94,90 @@ def apply_overrides(prof: dict[str, dict[str, Any]], sets: list[str]) -> dict[st
             if key in prof[st]:
                 prof[st][key] = value
                 hit = True
+        for st, names in (declared or {}).items():
+            if not hit and key in names:
+                prof[st][key] = value
+        if declared and any(key in names for names in declared.values()):
+            hit = True
         if not hit:
             raise PipelineError(f"--set {key}: no such parameter in the profile (use stage.key=value to add one).")
     return prof
+
+
+def notebook_parameters(path: str | Path) -> dict[str, Any]:
+    """The names and default values of a notebook's cell tagged ``parameters`` (read with ``ast``).
+
+    Only ``name = <literal>`` lines count; this is the list a profile or ``--set`` may override.
+    """
+    import ast
+
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    for cell in nb.get("cells", []):
+        if "parameters" in cell.get("metadata", {}).get("tags", []):
+            source = "".join(cell.get("source", []))
+            out: dict[str, Any] = {}
+            for node in ast.parse(source).body:
+                if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                    try:
+                        out[node.targets[0].id] = ast.literal_eval(node.value)
+                    except ValueError:
+                        out[node.targets[0].id] = None
+            return out
+    raise PipelineError(f"{path} has no cell tagged 'parameters'.")
+
+
+_TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+
+
+def coerce(stage: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` checked against the type of the notebook's ``default`` (None: any type).
+
+    int takes an int (not a bool, not 2.5); float takes an int or float; bool takes true/false;
+    a string or list parameter takes either (subsets such as ``emotions`` are a name or a list of words).
+    """
+    if default is None or value is None:
+        return value
+    kind = type(default)
+    ok = {bool: lambda v: isinstance(v, bool),
+          int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+          str: lambda v: isinstance(v, (str, list)),
+          list: lambda v: isinstance(v, (list, str))}.get(kind, lambda v: True)
+    if not ok(value):
+        raise PipelineError(f"{stage}.{key} expects {_TYPE_NAMES.get(kind, kind.__name__)} (its default is "
+                            f"{default!r}), got {value!r}.")
+    return float(value) if kind is float else value
+
+
+def check_profile(prof: dict[str, dict[str, Any]], notebooks_dir: Path) -> dict[str, dict[str, Any]]:
+    """Every profile key must be a parameter of the notebook(s) it goes to, of the right type.
+
+    A typo (``batchsize``) is an error naming the closest parameters, before any stage runs,
+    instead of papermill's "Passed unknown parameter" log line and a stage that ignored it.
+    """
+    import difflib
+
+    declared = {st: notebook_parameters(notebooks_dir / f"{st}.ipynb") for st in STAGES
+                if (notebooks_dir / f"{st}.ipynb").exists()}
+    everywhere = sorted({k for d in declared.values() for k in d})
+    out = {k: dict(v) for k, v in prof.items()}
+    for key, value in prof["common"].items():
+        owners = [st for st, d in declared.items() if key in d]
+        if key not in COMMON_ONLY and not owners:
+            close = difflib.get_close_matches(key, everywhere, n=4, cutoff=0.6)
+            raise PipelineError(f"Unknown parameter {key!r} (no notebook declares it)."
+                                + (f" Did you mean: {', '.join(close)}?" if close else ""))
+        for st in owners:
+            out["common"][key] = coerce(st, key, value, declared[st][key])
+    for st, d in declared.items():
+        for key, value in prof.get(st, {}).items():
+            if key not in d:
+                close = difflib.get_close_matches(key, list(d), n=4, cutoff=0.6)
+                raise PipelineError(f"{st} has no parameter {key!r}."
+                                    + (f" Did you mean: {', '.join(close)}?" if close else "")
+                                    + f" Its parameters: {', '.join(sorted(d))}.")
+            out[st][key] = coerce(st, key, value, d[key])
+    return out
 
 
 @dataclass
@@ -111,12 +200,16 @@ def _log(run: Path, line: str) -> None:
 
 
 def stage_parameters(prof: dict[str, dict[str, Any]], stage: str, run: Path, figures: Path,
-                     profile: str) -> dict[str, Any]:
+                     profile: str, declared: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The parameters papermill gives ``stage``: common values, then the stage's own, then the run's
+    folders; with ``declared`` (the notebook's parameters), only those it declares."""
     params = dict(prof["common"])
     params.update(prof[stage])
     params["run_dir"] = str(run)
     params["figures_dir"] = str(figures)
     params["profile"] = profile
+    if declared is not None:
+        params = {k: v for k, v in params.items() if k in declared}
     return params
 
 
@@ -125,22 +218,42 @@ def run_pipeline(profile: str = "default", run: str | Path | None = None, sets: 
                  report: bool = True, log_output: bool = False, notebooks_dir: str | Path = NOTEBOOKS_DIR,
                  profiles_dir: str | Path = PROFILES_DIR) -> list[StageResult]:
     """Run the stages of ``profile`` in order; returns one result per stage run or skipped."""
-    import papermill as pm
 
     notebooks_dir = Path(notebooks_dir)
-    prof = apply_overrides(load_profile(profile, Path(profiles_dir)), sets or [])
-    run_path = run_dir(run or f"runs/{profile}")
+    declared = {st: notebook_parameters(notebooks_dir / f"{st}.ipynb") for st in STAGES
+                if (notebooks_dir / f"{st}.ipynb").exists()}
+    prof = apply_overrides(load_profile(profile, Path(profiles_dir)), sets or [], declared)
+    prof = check_profile(prof, notebooks_dir)
+    selected = _select(only)
+    run_path = Path(run or f"runs/{profile}")
+    run_path = run_path if run_path.is_absolute() else REPO_ROOT / run_path
     default_figs = prof["common"].pop("figures", None)
     changed_model = any(s.startswith("model=") for s in (sets or []))
     if figures is None:
         figures = default_figs if (default_figs and not changed_model and run is None) else run_path / "figures"
-    fig_path = run_dir(figures)
-    selected = _select(only)
+    fig_path = Path(figures) if Path(figures).is_absolute() else REPO_ROOT / figures
+    try:  # before any work: a read-only folder fails here, not after a stage has run
+        check_writable(run_path)
+        check_writable(fig_path)
+    except PermissionError as err:
+        raise PipelineError(str(err)) from None
+    try:
+        with exclusive(run_path, what=f"emolib.pipeline --profile {profile}"), handed_to_children(run_path):
+            return _run_stages(prof, profile, run_path, fig_path, selected, declared, force, report, log_output,
+                               notebooks_dir)
+    except LockedError as err:
+        raise PipelineError(str(err)) from None
+
+
+def _run_stages(prof, profile: str, run_path: Path, fig_path: Path, selected: set[str], declared, force: bool,
+                report: bool, log_output: bool, notebooks_dir: Path) -> list[StageResult]:
+    import papermill as pm
+
     results: list[StageResult] = []
     upstream = ""
     t_all = time.perf_counter()
     for stage in STAGES:
-        params = stage_parameters(prof, stage, run_path, fig_path, profile)
+        params = stage_parameters(prof, stage, run_path, fig_path, profile, declared.get(stage))
         what = {k: v for k, v in params.items() if k not in EXECUTION_KEYS}
         digest = _hash({"params": what, "upstream": upstream, "notebook": _file_hash(notebooks_dir / f"{stage}.ipynb")})
         upstream = digest

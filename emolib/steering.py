@@ -19,6 +19,7 @@ cache length, so scopes stay right during cached generation with left padding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Union
@@ -104,6 +105,36 @@ def _as_layer_map(vector, layers: Sequence[int]) -> dict[int, torch.Tensor]:
     return {layer: v for layer in layers}
 
 
+def finite(name: str, value) -> float:
+    """``float(value)``, or a ValueError naming ``name`` if it is NaN or infinite (a NaN strength
+    would silently turn every logit into NaN)."""
+    x = float(value)
+    if not math.isfinite(x):
+        raise ValueError(f"{name} must be a finite number, got {x}.")
+    return x
+
+
+def _norm_at(norms, layer: int) -> float:
+    """The residual norm of ``layer`` from a dict, a sequence indexed by layer, one float, or None (1)."""
+    if norms is None:
+        return 1.0
+    if isinstance(norms, Mapping):
+        if layer not in norms:
+            raise ValueError(f"norms has no entry for layer {layer} (it has layers {sorted(norms)}).")
+        scale = norms[layer]
+    elif isinstance(norms, (int, float)):
+        scale = norms
+    else:
+        t = torch.as_tensor(norms).reshape(-1)
+        if not 0 <= layer < t.numel():
+            raise ValueError(f"norms has {t.numel()} entries, indexed by layer number; layer {layer} is missing.")
+        scale = t[layer]
+    scale = finite(f"the residual norm at layer {layer}", scale)
+    if scale <= 0:
+        raise ValueError(f"The residual norm at layer {layer} must be positive, got {scale}.")
+    return scale
+
+
 @contextmanager
 def steer(model, vector, layers: Sequence[int] | int, strength: float,
           norms: Mapping[int, float] | Sequence[float] | torch.Tensor | float | None = None,
@@ -119,20 +150,13 @@ def steer(model, vector, layers: Sequence[int] | int, strength: float,
     idx = _resolve_layers(model, layers)
     vecs = _as_layer_map(vector, idx)
     width = int(model.config.hidden_size)
+    strength = finite("strength", strength)
     deltas: dict[int, torch.Tensor] = {}
     for layer in idx:
         v = vecs[layer]
         if v.shape[-1] != width:
             raise ValueError(f"Steering vector has width {v.shape[-1]} but the model's residual stream has width {width}.")
-        if norms is None:
-            scale = 1.0
-        elif isinstance(norms, Mapping):
-            scale = float(norms[layer])
-        elif isinstance(norms, (int, float)):
-            scale = float(norms)
-        else:
-            scale = float(torch.as_tensor(norms)[layer])
-        deltas[layer] = float(strength) * scale * unit(v)
+        deltas[layer] = strength * _norm_at(norms, layer) * unit(v)
     tracker = _PositionTracker()
     placed = {layer: PerDevice(d) for layer, d in deltas.items()}  # moved to each block's device once
 

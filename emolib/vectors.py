@@ -74,6 +74,14 @@ class EmotionVectors:
             raise ValueError("emotion names must be unique")
         if self.norms.shape != (n_l,):
             raise ValueError(f"norms must have one entry per layer ({n_l}), got shape {tuple(self.norms.shape)}")
+        bad = [(layer, float(n)) for layer, n in zip(self.layers, self.norms) if not (torch.isfinite(n) and n > 0)]
+        if bad:
+            raise ValueError(f"norms must be finite and positive (they scale steering and monitor scores); "
+                             f"got {bad[:3]} (layer, norm)")
+        if not torch.isfinite(self.vectors).all():
+            rows = torch.nonzero(~torch.isfinite(self.vectors).all(-1))[:3].tolist()
+            raise ValueError("vectors hold NaN or infinite values at (layer, emotion) "
+                             + ", ".join(f"({self.layers[i]}, {self.emotions[j]!r})" for i, j in rows))
         if self.center is not None:
             self.center = torch.as_tensor(self.center, dtype=torch.float32)
             if self.center.shape != (n_l, self.vectors.shape[-1]):

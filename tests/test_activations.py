@@ -51,7 +51,8 @@ def test_pool_corpus_resumes_and_rejects_stale_settings(tiny, tmp_path):
     assert len(shards) == 4  # 3 old records in 2 shards, 3 new ones in 2 more
     assert all(folder.joinpath(n).stat().st_mtime_ns == stamps[n] for n in first)  # not rewritten
     once = pool_corpus(model, tok, RECORDS, tmp_path / "c", model_id="tiny", start=4, shard_size=100)
-    assert torch.equal(torch.nan_to_num(full.means), torch.nan_to_num(once.means))
+    # other shard sizes mean other batches, so other padding: equal up to float16 storage rounding
+    assert torch.allclose(torch.nan_to_num(full.means), torch.nan_to_num(once.means), rtol=2e-3, atol=1e-4)
     # another token offset: the old shards are stale and must be dropped
     again = pool_corpus(model, tok, RECORDS, folder, model_id="tiny", start=2, shard_size=100)
     assert len(list(folder.glob("shard-*"))) == 1

@@ -288,9 +288,18 @@ def graded(tmp_path_factory):
     nbformat.write(nbformat.read(str(release), 4), str(subs / "blank.ipynb"))
     nbformat.write(_with_blank(src, [3, 5]), str(subs / "partial.ipynb"))
     nbformat.write(_with_padding_edge_mistake(src), str(subs / "mistake.ipynb"))
+    (subs / "corrupt.ipynb").write_text('{"cells": [ a half-uploaded file')
     table = course.grade(root / "classroom", subs, engine="nbgrader").set_index("student")
     yield root, table
     mp.undo()
+
+
+@pytest.mark.slow
+def test_a_corrupt_submission_scores_zero_and_the_class_is_graded(graded):
+    _, table = graded
+    assert table.loc["corrupt", "total"] == 0 and table.loc["corrupt", "status"].startswith("not a readable notebook")
+    assert (table.drop(index="corrupt")["status"] == "graded").all()
+    assert table.loc["solution", "total"] == table.loc["solution", "max"]
 
 
 @pytest.mark.slow

@@ -169,8 +169,21 @@ def _nbgrader_rows(root: Path, students: list[str]) -> dict[str, list[dict]]:
     return out
 
 
-def score_table(per_student: dict[str, list[dict]], ran: dict[str, bool]) -> pd.DataFrame:
-    """Student x exercise points, plus total, maximum and whether the notebook ran to its end."""
+def unreadable(path: str | Path) -> str | None:
+    """Why a submitted file cannot be graded (not JSON, not a notebook), or None if it can."""
+    try:
+        nb = nbformat.read(str(path), as_version=4)
+        nbformat.validate(nb)
+    except Exception as err:  # noqa: BLE001 - nbformat raises JSON, validation and encoding errors
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        return f"not a readable notebook ({type(err).__name__}: {first[:200]})"
+    return None
+
+
+def score_table(per_student: dict[str, list[dict]], ran: dict[str, bool],
+                status: dict[str, str] | None = None) -> pd.DataFrame:
+    """Student x exercise points, plus total, maximum, whether the notebook ran to its end, and a
+    status ("graded", or why a submission could not be graded: it scores 0, the others go on)."""
     cols = [f"ex{e.number}" for e in EXERCISES]
     table = []
     for s, rows in per_student.items():
@@ -180,8 +193,9 @@ def score_table(per_student: dict[str, list[dict]], ran: dict[str, bool]) -> pd.
         r["total"] = sum(r[c] for c in cols)
         r["max"] = float(sum(e.points for e in EXERCISES))
         r["ran_to_end"] = ran.get(s, False)
+        r["status"] = (status or {}).get(s, "graded")
         table.append(r)
-    return pd.DataFrame(table, columns=["student", *cols, "total", "max", "ran_to_end"])
+    return pd.DataFrame(table, columns=["student", *cols, "total", "max", "ran_to_end", "status"])
 
 
 def grade(root: str | Path, submissions: str | Path, engine: str = "auto", timeout: int = 600) -> pd.DataFrame:
@@ -191,29 +205,44 @@ def grade(root: str | Path, submissions: str | Path, engine: str = "auto", timeo
     if not (root / "source" / ASSIGNMENT).exists():
         build_course(root, engine=eng, timeout=timeout)
     found = collect(submissions)
-    per: dict[str, list[dict]] = {}
+    per: dict[str, list[dict]] = {s: [] for s in found}
     ran: dict[str, bool] = {}
+    status: dict[str, str] = {}
+    for s, p in found.items():  # a corrupt file scores 0 with its reason; the class is still graded
+        why = unreadable(p)
+        if why:
+            status[s] = why
+    good = {s: p for s, p in found.items() if s not in status}
     if eng == "nbgrader":
-        for s, p in found.items():
+        for s, p in good.items():
             dest = root / "submitted" / s / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(p, dest)
-        _nbgrader(root, "autograde", ASSIGNMENT, "--create", "--force")
-        per = _nbgrader_rows(root, list(found))
-        for s in found:
-            nb = nbformat.read(str(root / "autograded" / s / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"), as_version=4)
+        for s in good:  # one student per call: a submission that breaks nbgrader breaks only its own grade
+            try:
+                _nbgrader(root, "autograde", ASSIGNMENT, "--student", s, "--create", "--force")
+                per[s] = _nbgrader_rows(root, [s])[s]
+                nb = nbformat.read(str(root / "autograded" / s / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"), as_version=4)
+            except Exception as err:  # noqa: BLE001
+                status[s] = f"grading failed ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]})"
+                continue
             ran[s] = _ran_to_end(nb)
             errors = {r["grade_id"]: r["error"] for r in cell_scores(nb)}
             for r in per[s]:
                 r["error"] = errors.get(r["grade_id"], "")
     else:
-        for s, p in found.items():
+        for s, p in good.items():
             out = root / "autograded" / s / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
-            per[s], ran[s] = grade_notebook(p, out, timeout=timeout)
-    table = score_table(per, ran)
+            try:
+                per[s], ran[s] = grade_notebook(p, out, timeout=timeout)
+            except Exception as err:  # noqa: BLE001
+                status[s] = f"grading failed ({type(err).__name__}: {str(err).strip().splitlines()[0][:200]})"
+    table = score_table(per, ran, status)
     table.to_csv(root / "scores.csv", index=False)
     (root / "scores.md").write_text(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
     failures = {s: [r for r in rows if r["score"] < r["max_score"]] for s, rows in per.items()}
+    for s, why in status.items():
+        failures[s] = [{"grade_id": None, "exercise": None, "score": 0.0, "max_score": None, "error": why}]
     (root / "failures.json").write_text(json.dumps(failures, indent=1))
     return table
 
