@@ -19,10 +19,11 @@ import time
 
 import torch
 
+from emolib.chat import prompt_text
 from emolib.emotions import all_emotions
-from emolib.generation import SamplingSettings, sample_batch
+from emolib.engines.sampling import SamplingSettings, sample_batch
 from emolib.models import base_model, load_model
-from emolib.stories import chat_text, story_jobs
+from emolib.study.generation import story_jobs
 
 
 def main() -> None:
@@ -37,7 +38,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model, tok, info = load_model(args.model)
     jobs = story_jobs(list(all_emotions()), 1, 1, seed=0)[: args.batch]
-    texts = [chat_text(tok, j["prompt"]) for j in jobs]
+    texts = [prompt_text(tok, j["prompt"]) for j in jobs]
     n_prompt = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
     s = SamplingSettings(max_new_tokens=args.tokens, ignore_eos=True)
     print(f"{info.name}: {len(texts)} prompts of {min(n_prompt)}-{max(n_prompt)} tokens, {args.tokens} new tokens each, "

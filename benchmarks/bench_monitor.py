@@ -47,8 +47,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
+    from emolib.chat import encode_chat
     from emolib.models import find_layers, load_model
-    from emolib.monitor import Calibration, Monitor, encode_chat, load_scenarios
+    from emolib.monitor.calibration import Calibration
+    from emolib.monitor.scenarios import load_scenarios
+    from emolib.monitor.scoring import Monitor
 
     model, tok, info = load_model(args.model)
     layer = min(args.layer, len(find_layers(model)) - 1)

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from emolib.activations import pool_corpus
-from emolib.distributed import RayEngine, connect
 from emolib.emotions import all_emotions
-from emolib.generation import SamplingSettings, generate_to_store
+from emolib.engines.ray_engine import RayEngine, connect
+from emolib.engines.sampling import SamplingSettings
 from emolib.models import load_model
-from emolib.stories import load_corpus, make_prompts, story_jobs
+from emolib.study.activations import pool_corpus
+from emolib.study.corpus import load_corpus
+from emolib.study.generation import generate_to_store, make_prompts, story_jobs
 
 
 def _timed(fn):

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .models import base_model, find_layers, model_device
+from emolib.models import base_model, find_layers, model_device
 
 
 def tag(fn):

@@ -24,8 +24,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from .locks import LockedError, check_writable, exclusive, handed_to_children
-from .runs import REPO_ROOT, read_json, write_json
+from emolib.study.locks import LockedError, check_writable, exclusive, handed_to_children
+from emolib.study.runs import REPO_ROOT, read_json, write_json
 
 STAGES = (
     "01_generate_stories",
@@ -291,7 +291,7 @@ def _run_stages(prof, profile: str, run_path: Path, fig_path: Path, selected: se
         results.append(StageResult(stage, "ok", secs, out_nb))
     _log(run_path, f"pipeline: done in {time.perf_counter() - t_all:.1f} s")
     if report:
-        from .report import build_report
+        from emolib.study.report import build_report
 
         path = build_report(run_path, fig_path, profile=profile)
         _log(run_path, f"report: {path}")

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
+from dataclasses import dataclass, replace
 from typing import Union
 
 import torch
 
-from .capture import PerDevice, _block_output, _resolve_layers, pooled_means, tag
-from .models import base_model, find_layers
+from emolib.capture import PerDevice, _block_output, _resolve_layers, pooled_means, tag
+from emolib.models import base_model, find_layers
 
 Scope = Union[str, int, tuple]
 
@@ -185,6 +186,45 @@ def steer(model, vector, layers: Sequence[int] | int, strength: float,
             handle.remove()
 
 
+@dataclass(frozen=True)
+class Steering:
+    """One intervention as a value: a direction (one ``[width]`` vector for every layer, or
+    ``layer -> [width]``) added at ``layers`` with ``strength`` in units of the mean residual norm
+    (``norms``: ``layer -> norm``). Built by :meth:`emolib.vectors.EmotionVectors.steering`;
+    experiments pass it around and apply it where they need it, so one object names one condition.
+    """
+
+    vector: torch.Tensor | Mapping[int, torch.Tensor]
+    layers: tuple[int, ...]
+    strength: float
+    norms: Mapping[int, float]
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "layers", tuple(int(x) for x in self.layers))
+        object.__setattr__(self, "strength", finite("strength", self.strength))
+
+    def scaled(self, strength: float) -> Steering:
+        """The same direction at another strength."""
+        return replace(self, strength=float(strength))
+
+    @contextmanager
+    def apply(self, model, scopes: Sequence[Scope] = ("all",)) -> Iterator[None]:
+        """Steer ``model`` inside the block, once on each scope in ``scopes`` (disjoint spans each
+        get the vector once); the hooks are gone when the block ends, also after an exception."""
+        with ExitStack() as stack:
+            for scope in scopes:
+                stack.enter_context(steer(model, self.vector, list(self.layers), self.strength, norms=self.norms,
+                                          scope=scope))
+            yield
+
+
+def apply_steering(model, steering: Steering | None, scopes: Sequence[Scope] = ("all",)):
+    """``steering.apply(model, scopes)``, or no intervention when ``steering`` is None (baselines
+    go through the same code as steered conditions)."""
+    return nullcontext() if steering is None else steering.apply(model, scopes)
+
+
 @contextmanager
 def add_vector(model, layer: int, delta: torch.Tensor) -> Iterator[None]:
     """Add ``delta [width]`` to the output of block ``layer`` at every position, inside a ``with``.
@@ -202,7 +242,7 @@ def add_vector(model, layer: int, delta: torch.Tensor) -> Iterator[None]:
         new = h + delta.to(device=h.device, dtype=h.dtype)
         return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
 
-    handle = block.register_forward_hook(hook)
+    handle = block.register_forward_hook(tag(hook))  # tagged: assert_no_hooks sees it
     try:
         yield
     finally:

@@ -36,7 +36,7 @@ HOOK_SITE = "decoder_block_output"
 
 
 def _lib_version() -> str:
-    from . import __version__
+    from emolib.version import __version__
 
     return __version__
 
@@ -195,6 +195,41 @@ class EmotionVectors:
         """A copy whose ``default_layer`` is ``layer`` (checked against ``layers``)."""
         self._layer_pos(layer)
         return replace(self, default_layer=int(layer), meta=dict(self.meta))
+
+    # ---- steering ---------------------------------------------------------------------------
+    def steering(self, what: str | dict[str, float] | torch.Tensor, strength: float,
+                 layers: Sequence[int] | int | None = None, label: str | None = None):
+        """A :class:`~emolib.steering.Steering` value: ``what`` (an emotion, an expression such as
+        ``"desperate - calm"``, a weights dict, or a raw ``[width]`` direction) at ``strength`` times
+        the stored mean residual norm of each layer (default: the default layer)."""
+        from emolib.steering import Steering
+
+        if layers is None:
+            self._layer_pos(None)  # a clear error when there is no default layer
+            layers = [self.default_layer]
+        layers = [int(layers)] if isinstance(layers, int) else [int(x) for x in layers]
+        norms = {layer: self.norm_at(layer) for layer in layers}
+        if isinstance(what, torch.Tensor):
+            vec = torch.as_tensor(what, dtype=torch.float32)
+            if vec.shape[-1] != self.width:
+                raise ValueError(f"The direction has width {vec.shape[-1]} but the vectors have width {self.width}.")
+            return Steering(vec, tuple(layers), float(strength), norms, label or "direction")
+        weights = parse_expression(what, self.emotions) if isinstance(what, str) else dict(what)
+        combined = self.combine(weights)
+        vec = {layer: combined[self._layer_pos(layer)] for layer in layers}
+        return Steering(vec, tuple(layers), float(strength), norms, label or (what if isinstance(what, str) else
+                                                                               str(weights)))
+
+    def steer(self, model, what: str | dict[str, float] | torch.Tensor, strength: float,
+              layers: Sequence[int] | int | None = None, scope="all"):
+        """Steer ``model`` toward ``what`` inside a ``with`` block: the one steering entry point.
+
+        ``with vec.steer(model, "desperate - calm", 0.1): model.generate(...)`` adds
+        ``0.1 x (mean residual norm) x unit(v_desperate - v_calm)`` to the output of the default
+        layer's block at every position; ``scope`` narrows the positions (``"prompt"``,
+        ``"response"``, ``k`` or ``(start, stop)``, see :func:`emolib.steering.steer`).
+        """
+        return self.steering(what, strength, layers).apply(model, (scope,))
 
     # ---- llama.cpp --------------------------------------------------------------------------
     def to_gguf(self, path: str | Path, expr: str | dict[str, float], layers: Sequence[int] | int | None = None,

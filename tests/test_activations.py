@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from emolib.activations import corpus_hash, load_pooled, neutral_token_moments, pool_corpus
 from emolib.capture import pooled_means, token_activations
+from emolib.study.activations import corpus_hash, load_pooled, neutral_token_moments, pool_corpus
 
 TEXTS = [
     "The kettle clicked off and the kitchen went quiet except for the rain on the window.",
@@ -98,7 +98,7 @@ def test_token_moments_text_means_equal_pooled_means(tiny):
 
 
 def test_cached_token_moments_reuse_and_invalidate(tiny, tmp_path):
-    from emolib.activations import cached_token_moments
+    from emolib.study.activations import cached_token_moments
 
     model, tok = tiny
     path = tmp_path / "m.safetensors"

@@ -9,17 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from emolib.evals import calibration, controls, feelings, preferences, pressure
-from emolib.evals.readout import (
-    build_prompt,
-    chat_text,
-    choice_prompt,
-    emotion_steering,
-    encode,
-    has_chat_template,
-    last_token_logits,
-    option_readout,
-)
+from emolib.chat import build_prompt
+from emolib.study import controls, feelings, preferences, pressure
+from emolib.study import strength as calibration
+from emolib.study.scoring import choice_prompt, last_token_logits, option_readout
 from emolib.vectors import EmotionVectors
 
 # ---- tokenizers ---------------------------------------------------------------------------------------
@@ -70,9 +63,8 @@ def _check_readout(tok, expect_merged: bool):
     # the read tokens are exactly what the model would write next after the prompt
     prompt, ro2 = choice_prompt(tok, QUESTION)
     assert ro2 == ro
-    chat = has_chat_template(tok)
     for letter, tid in zip("AB", ro.token_ids):
-        full, _ = encode(tok, chat_text(tok, QUESTION, "(" + letter)[0], chat)
+        full = build_prompt(tok, QUESTION, "(" + letter).ids
         assert full == prompt.ids + [tid]
     return prompt, ro
 
@@ -211,18 +203,18 @@ def test_strength_zero_leaves_every_score_unchanged(tiny, tiny_vectors):
     items = preferences.pair_items(tok, texts, preferences.pair_design(6, None))
     steered = [0, 2, 4]
     base, _ = preferences.score_pairs(model, tok, items, None, steered)
-    zero, _ = preferences.score_pairs(model, tok, items, emotion_steering(ev, "happy", None, 0.0), steered)
+    zero, _ = preferences.score_pairs(model, tok, items, ev.steering("happy", 0.0, layers=None), steered)
     assert np.array_equal(base, zero)
-    some, _ = preferences.score_pairs(model, tok, items, emotion_steering(ev, "happy", None, 5.0), steered)
+    some, _ = preferences.score_pairs(model, tok, items, ev.steering("happy", 5.0, layers=None), steered)
     assert not np.array_equal(base, some), "steering at strength 5 must change some choice probability"
     # pressure: P(misaligned) identical
     items_p = pressure.build_items(tok, pressure.load_scenarios(per_family=1))
     b, _ = pressure.p_misaligned(model, tok, items_p)
-    z, _ = pressure.p_misaligned(model, tok, items_p, emotion_steering(ev, "desperate", None, 0.0))
+    z, _ = pressure.p_misaligned(model, tok, items_p, ev.steering("desperate", 0.0, layers=None))
     assert np.array_equal(b, z)
     # calibration: no damage at all
     ppl, kl, _ = calibration.damage_sweep(model, tok, ["A short neutral sentence about tables and chairs."],
-                                          [emotion_steering(ev, "calm", None, 1.0)], [0.0, 2.0])
+                                          [ev.steering("calm", 1.0, layers=None)], [0.0, 2.0])
     assert ppl[0, 0] == 1.0 and kl[0, 0] == 0.0 and ppl[0, 1] != 1.0
 
 
@@ -230,13 +222,13 @@ def test_activity_span_steering_touches_only_later_positions(tiny, tiny_vectors)
     """Steering on the (B) activity's tokens leaves (A) and the text before it alone but changes
     the final read-out; the span is where steer() adds the vector."""
     from emolib.capture import record_residual
-    from emolib.evals.readout import apply_steering
+    from emolib.steering import apply_steering
 
     model, tok = tiny
     items = preferences.pair_items(tok, ["bake bread", "sort receipts"], [(0, 1)], both_orders=False)
     it = items[0]
     ids = torch.tensor([it.prompt.ids])
-    st = emotion_steering(tiny_vectors, "sad", 1, 2.0)
+    st = tiny_vectors.steering("sad", 2.0, layers=1)
     with torch.inference_mode():
         with record_residual(model, [1]) as plain:
             model(ids)

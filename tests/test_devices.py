@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from emolib.capture import PerDevice, pooled_means
-from emolib.generation import SamplingSettings, sample_batch
+from emolib.engines.sampling import SamplingSettings, sample_batch
 from emolib.models import _pick_device_map, load_model
 from emolib.steering import steer
 

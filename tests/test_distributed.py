@@ -13,9 +13,12 @@ import json
 import pytest
 import torch
 
-from emolib.activations import load_pooled, pool_corpus
-from emolib.distributed import RAY_MISSING, RayEngine, WorkerFailed, make_engine
-from emolib.generation import JsonlStore, Prompt, SamplingSettings, generate_to_store
+from emolib.engines import make_engine
+from emolib.engines.ray_engine import RAY_MISSING, RayEngine, WorkerFailed
+from emolib.engines.sampling import SamplingSettings
+from emolib.study.activations import load_pooled, pool_corpus
+from emolib.study.generation import Prompt, generate_to_store
+from emolib.study.store import JsonlStore
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="the optional `ray` extra is not installed (pip install -e '.[ray]')")
@@ -43,7 +46,7 @@ def cluster():
     pytest.importorskip("ray", reason="the optional `ray` extra is not installed (pip install -e '.[ray]')")
     import ray
 
-    from emolib.distributed import connect
+    from emolib.engines.ray_engine import connect
 
     connect(num_cpus=2, object_store_memory=256 * 1024**2, log_to_driver=False)
     yield ray

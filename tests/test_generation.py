@@ -6,15 +6,9 @@ import json
 
 import pytest
 
-from emolib.generation import (
-    JsonlStore,
-    Prompt,
-    SamplingSettings,
-    generate_to_store,
-    item_seed,
-    plan_batches,
-    sample_batch,
-)
+from emolib.engines.sampling import SamplingSettings, item_seed, sample_batch
+from emolib.study.generation import Prompt, generate_to_store, plan_batches
+from emolib.study.store import JsonlStore
 
 
 def _texts(tok, n):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from emolib.evals import geometry as geo
+from emolib.study import geometry as geo
 from emolib.vectors import EmotionVectors
 
 matplotlib.use("Agg")

@@ -18,15 +18,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from emolib.activations import pool_corpus
 from emolib.capture import pooled_means, token_activations
-from emolib.generation import Prompt, SamplingSettings, generate_to_store
-from emolib.locks import LockedError, exclusive, lock_path_for
+from emolib.chat import encode_chat
+from emolib.engines.sampling import SamplingSettings
 from emolib.models import ModelLoadError, load_model
-from emolib.monitor import Monitor, encode_chat
+from emolib.monitor.scoring import Monitor
 from emolib.pipeline import PipelineError, run_pipeline
 from emolib.steering import steer
-from emolib.store import JsonlStore, StoreError, repair
+from emolib.study.activations import pool_corpus
+from emolib.study.generation import Prompt, generate_to_store
+from emolib.study.locks import LockedError, exclusive, lock_path_for
+from emolib.study.store import JsonlStore, StoreError, repair
 from emolib.vectors import EmotionVectors
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ def _holder(target: Path, seconds: float = 30.0) -> subprocess.Popen:
     """Another process that holds the writer lock of ``target`` until killed."""
     code = textwrap.dedent(f"""
         import sys, time
-        from emolib.locks import exclusive
+        from emolib.study.locks import exclusive
         with exclusive({str(target)!r}, what="test holder"):
             print("locked", flush=True)
             time.sleep({seconds})
@@ -133,7 +135,7 @@ def _store(tmp_path, lines: list[bytes]) -> Path:
 ])
 def test_3_a_bad_line_is_named_with_path_and_line(tmp_path, bad, why):
     p = _store(tmp_path, [b'{"id": "a"}\n', bad, b'{"id": "c"}\n'])
-    with pytest.raises(StoreError, match=rf"s\.jsonl, line 2: {why}.*emolib\.store repair"):
+    with pytest.raises(StoreError, match=rf"s\.jsonl, line 2: {why}.*emolib\.study\.store repair"):
         JsonlStore(p).read()
 
 
@@ -159,7 +161,7 @@ def test_3_repair_moves_bad_lines_to_a_side_file_and_loses_nothing(tmp_path):
     assert [r["id"] for r in JsonlStore(p).read()] == ["a", "c"]
     side = Path(out["side_file"]).read_bytes()
     assert b"garbage" in side and b'"again": 1' in side and b'{"id' in side
-    res = subprocess.run([sys.executable, "-m", "emolib.store", "check", str(p)], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, "-m", "emolib.study.store", "check", str(p)], capture_output=True, text=True)
     assert res.returncode == 0 and "2 records" in res.stdout
 
 
@@ -287,7 +289,7 @@ def test_8_long_texts_are_cut_with_a_warning(tiny):
 
 
 def test_8_multibyte_characters_are_displayed_once(tiny):
-    from emolib.heatmap import display_tokens
+    from emolib.monitor.heatmap import display_tokens
 
     _, tok = tiny
     chat = encode_chat(tok, [{"role": "user", "content": "我很生气"}], add_generation_prompt=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from emolib.heatmap import heatmap_figure, heatmap_html, percentile_scale, scale_values, token_heat
+from emolib.monitor.heatmap import heatmap_figure, heatmap_html, percentile_scale, scale_values, token_heat
 
 
 def test_scale_is_99th_percentile_of_absolute_values():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from emolib.evals.layer_sweep import (
+from emolib.study.layer_sweep import (
     LayerSweep,
     choose_layer,
     compare_corpora,

@@ -10,21 +10,13 @@ from html.parser import HTMLParser
 import pytest
 import torch
 
-from emolib.monitor import (
-    AlertRule,
-    Calibration,
-    Monitor,
-    RunTracker,
-    causal_smooth,
-    dialogue_messages,
-    encode_chat,
-    load_neutral_reference,
-    load_scenarios,
-    scan_alerts,
-    split_reference,
-    trace_summary,
-)
+from emolib.chat import dialogue_messages, encode_chat
+from emolib.monitor.alerts import AlertRule, RunTracker, causal_smooth, scan_alerts
+from emolib.monitor.calibration import Calibration
+from emolib.monitor.scenarios import load_scenarios, split_reference, trace_summary
+from emolib.monitor.scoring import Monitor
 from emolib.steering import active_hooks
+from emolib.study.corpus import load_neutral_reference
 from emolib.vectors import EmotionVectors
 
 EMOTIONS = ["calm", "desperate", "happy", "sad", "afraid", "angry"]
@@ -254,7 +246,7 @@ class _Checker(HTMLParser):
 
 
 def test_heatmap_html_is_valid_and_self_contained(tiny, tmp_path):
-    from emolib.monitor_views import heatmap_view, trace_figure
+    from emolib.monitor.views import heatmap_view, trace_figure
 
     model, tok = tiny
     mon = Monitor(random_vectors(), window=2, rules=["desperate > p50 for 2"])

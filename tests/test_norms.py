@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from emolib import norms
 from emolib.emotions import all_emotions
+from emolib.study import human_ratings as norms
 
 
 @pytest.fixture()

@@ -99,8 +99,8 @@ def test_report_is_generated_from_metrics_and_figures(tmp_path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from emolib.report import build_report
-    from emolib.runs import save_figure, write_json, write_metrics
+    from emolib.study.report import build_report
+    from emolib.study.runs import save_figure, write_json, write_metrics
 
     run, figs = tmp_path / "run", tmp_path / "figs"
     write_json(run / "stages" / f"{STAGES[0]}.json", {"stage": STAGES[0], "status": "ok", "seconds": 12.0})

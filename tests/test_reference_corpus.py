@@ -15,17 +15,8 @@ from collections import Counter, defaultdict
 import pytest
 
 from emolib.emotions import all_emotions, topics
-from emolib.stories import (
-    RECORD_FIELDS,
-    REFERENCE_WRITER,
-    check_text,
-    corpus_files,
-    distinct_n,
-    leaked_words,
-    load_corpus,
-    sentences,
-    words,
-)
+from emolib.study.corpus import RECORD_FIELDS, REFERENCE_WRITER, corpus_files, load_corpus
+from emolib.study.texts import check_text, distinct_n, leaked_words, sentences, words
 
 MIN_STORIES = 6
 MIN_NEUTRAL = 100

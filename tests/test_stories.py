@@ -7,22 +7,16 @@ import json
 import pytest
 
 from emolib.emotions import all_emotions, topics
-from emolib.stories import (
-    RECORD_FIELDS,
+from emolib.study.corpus import RECORD_FIELDS, load_corpus, write_jsonl
+from emolib.study.generation import neutral_jobs, split_outputs, story_jobs, story_prompt, story_records
+from emolib.study.texts import (
     distinct_n,
     emotions_named,
     guess_person,
     leaked_words,
-    load_corpus,
     names_emotion,
-    neutral_jobs,
-    split_outputs,
-    story_jobs,
-    story_prompt,
-    story_records,
     to_dialogue,
     word_family,
-    write_jsonl,
 )
 
 # ---------------------------------------------------------------- leakage

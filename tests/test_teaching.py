@@ -197,7 +197,7 @@ def option_probs_columns(option_lp):
 
 
 def bt_wrong_sign(first, second, p_first, n_items, position_bias=True, l2=1e-3):
-    from emolib.evals.preferences import fit_bradley_terry
+    from emolib.study.preferences import fit_bradley_terry
 
     return fit_bradley_terry(second, first, p_first, n_items, position_bias=position_bias, l2=l2)
 
@@ -229,7 +229,7 @@ def test_planted_mistakes_are_caught_with_a_helpful_message(check, wrong, phrase
 
 def test_bradley_terry_check_values_are_fitted_not_fixed():
     """The truth in the BT check is recovered by the library fit, so a wrong loss cannot pass by luck."""
-    from emolib.evals.preferences import fit_bradley_terry
+    from emolib.study.preferences import fit_bradley_terry
 
     true, f, g, p = checks._bt_data(bias=0.4)
     fit = fit_bradley_terry(f, g, p, 5, l2=1e-6)

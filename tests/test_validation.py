@@ -13,8 +13,9 @@ import torch
 from emolib.capture import token_activations
 from emolib.chat import format_user_turn
 from emolib.emotions import WORKING_12, all_emotions
-from emolib.evals import dissociation, intensity, logit_lens, scenarios, story_tokens, validation
-from emolib.evals.probe_readout import probe_cosines, residual_at
+from emolib.study import dissociation, intensity, logit_lens, story_tokens, validation
+from emolib.study import implicit as scenarios
+from emolib.study.readout import probe_cosines, residual_at
 from emolib.vectors import EmotionVectors
 
 

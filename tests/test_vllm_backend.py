@@ -10,8 +10,10 @@ import types
 
 import pytest
 
-from emolib.generation import JsonlStore, Prompt, SamplingSettings, generate_to_store, item_seed
-from emolib.vllm_backend import VLLM_MISSING, VLLMEngine
+from emolib.engines.sampling import SamplingSettings, item_seed
+from emolib.engines.vllm_engine import VLLM_MISSING, VLLMEngine
+from emolib.study.generation import Prompt, generate_to_store
+from emolib.study.store import JsonlStore
 
 SETTINGS = SamplingSettings(max_new_tokens=5, temperature=0.7, top_k=0, batch_size=2)
 

@@ -4,6 +4,6 @@ See ``docs/teaching.md``. ``python -m emolib.teaching build`` writes the course 
 ``python -m emolib.teaching grade SUBMISSIONS`` scores a folder of student notebooks.
 """
 
-from .exercises import EXERCISES, Exercise, TestCell, exercise
+from emolib.teaching.exercises import EXERCISES, Exercise, TestCell, exercise
 
 __all__ = ["EXERCISES", "Exercise", "TestCell", "exercise"]

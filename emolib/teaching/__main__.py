@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .course import build_course, grade
+from emolib.teaching.course import build_course, grade
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -233,7 +233,7 @@ def _hook_count(module) -> int:
 
 
 def _tiny():
-    from ..models import tiny_model
+    from emolib.models import tiny_model
 
     model, tok = tiny_model(n_layers=3, width=32)
     ids = torch.tensor([tok("The kettle boiled and she poured the tea.")["input_ids"]])
@@ -241,7 +241,7 @@ def _tiny():
 
 
 def _block_out(model, layer: int, ids: torch.Tensor) -> torch.Tensor:
-    from ..capture import record_residual
+    from emolib.capture import record_residual
 
     with record_residual(model, [layer]) as rec, torch.inference_mode():
         model(input_ids=ids)
@@ -250,7 +250,7 @@ def _block_out(model, layer: int, ids: torch.Tensor) -> torch.Tensor:
 
 def add_vector_adds(fn: Callable) -> None:
     """Inside the ``with``, block ``layer``'s output is shifted by exactly ``delta`` at every position."""
-    from ..models import find_layers
+    from emolib.models import find_layers
 
     model, ids = _tiny()
     layer = 1
@@ -280,7 +280,7 @@ def add_vector_adds(fn: Callable) -> None:
 
 def add_vector_cleans_up(fn: Callable) -> None:
     """An exception inside the ``with`` must not leave the hook behind."""
-    from ..models import find_layers
+    from emolib.models import find_layers
 
     model, ids = _tiny()
     block = find_layers(model)[0]

@@ -24,8 +24,8 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 
-from .exercises import EXERCISES
-from .notebook import ASSIGNMENT, END_SENTINEL, source_notebook, student_version, write
+from emolib.teaching.exercises import EXERCISES
+from emolib.teaching.notebook import ASSIGNMENT, END_SENTINEL, source_notebook, student_version, write
 
 CONFIG = """\
 # nbgrader configuration for the emotion-vectors assignment (written by `make assignments`).

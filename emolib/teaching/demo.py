@@ -89,7 +89,7 @@ class Classroom:
     @cached_property
     def reference_vectors(self) -> torch.Tensor:
         """emolib's own denoised vectors for the classroom's emotions (so exercises 4-6 do not depend on 2-3)."""
-        from ..vectors import emotion_means, grand_mean_center, n_components_for, project_out
+        from emolib.vectors import emotion_means, grand_mean_center, n_components_for, project_out
 
         means, _, _ = emotion_means(self.story_means, self.labels, self.emotions)
         vec, _ = grand_mean_center(means)
@@ -112,9 +112,9 @@ def setup(model: str | None = None, stories_per_emotion: int = 6, n_neutral: int
     """Load the model and pool the reference stories and neutral dialogues at one block (~2/3 depth)."""
     import time
 
-    from ..capture import pooled_means
-    from ..models import find_layers, load_model
-    from ..stories import load_corpus
+    from emolib.capture import pooled_means
+    from emolib.models import find_layers, load_model
+    from emolib.study.corpus import load_corpus
 
     t0 = time.perf_counter()
     spec = model or default_model()
@@ -146,8 +146,8 @@ def _plt():
 # ---- exercise 1 ------------------------------------------------------------------------------------
 def show_pool_mask(cls: Classroom, pool_mask: Callable, start: int = 8) -> dict[str, float]:
     """Pool four left-padded texts of different lengths with the student's mask; compare to emolib."""
-    from ..capture import pad_batch, pad_id_of, pooled_means, record_residual
-    from ..stories import load_corpus
+    from emolib.capture import pad_batch, pad_id_of, pooled_means, record_residual
+    from emolib.study.corpus import load_corpus
 
     first = [r["text"] for r in load_corpus("reference", "story")[:4]]
     texts = [" ".join(text.split()[:n]) for text, n in zip(first, (10, 16, 24, 30))]
@@ -186,7 +186,7 @@ def emotion_vectors(cls: Classroom, emotion_means: Callable, grand_mean_center: 
 
 def show_vectors(cls: Classroom, emotion_means: Callable, grand_mean_center: Callable) -> dict[str, float]:
     """Cosine matrix of the student's emotion vectors: pleasant and unpleasant emotions should form two blocks."""
-    from ..vectors import cosine_similarity
+    from emolib.vectors import cosine_similarity
 
     v = emotion_vectors(cls, emotion_means, grand_mean_center)
     c = cosine_similarity(v, v).numpy()
@@ -213,7 +213,7 @@ def show_vectors(cls: Classroom, emotion_means: Callable, grand_mean_center: Cal
 def loo_accuracy(cls: Classroom, transform: Callable[[torch.Tensor], torch.Tensor]) -> float:
     """Leave-one-story-out nearest-vector accuracy: vectors from the other stories, cosine of the
     held-out story (minus their grand mean) with each; ``transform`` is applied to the vectors."""
-    from ..vectors import cosine_similarity, emotion_means, grand_mean_center
+    from emolib.vectors import cosine_similarity, emotion_means, grand_mean_center
 
     hits = 0
     for i in range(len(cls.labels)):
@@ -257,7 +257,7 @@ def show_denoising(cls: Classroom, n_components_for: Callable, project_out: Call
 # ---- exercise 4 ------------------------------------------------------------------------------------
 def show_readout(cls: Classroom, cosine_similarity: Callable) -> dict[str, float]:
     """Cosine of the assistant-header activation with each emotion vector, for six user messages."""
-    from ..evals.scenarios import header_activations
+    from emolib.study.implicit import header_activations
 
     vec = cls.reference_vectors
     acts = header_activations(cls.model, cls.tokenizer, [m for m, _ in MESSAGES], [cls.layer])[:, 0]
@@ -289,7 +289,7 @@ def show_steering(cls: Classroom, add_vector: Callable, emotion: str = "happy",
                   strengths: Sequence[float] = (-0.2, -0.1, 0.0, 0.1, 0.2), max_new_tokens: int = 24) -> dict:
     """Steer along one emotion vector with the student's hook: the next-token preference for pleasant
     over unpleasant words, and two greedy continuations."""
-    from ..chat import format_user_turn
+    from emolib.chat import format_user_turn
 
     vec = cls.reference_vectors[cls.emotions.index(emotion)]
     unit = vec / vec.norm()
@@ -322,8 +322,8 @@ def show_steering(cls: Classroom, add_vector: Callable, emotion: str = "happy",
 # ---- exercise 6 ------------------------------------------------------------------------------------
 def show_elo(cls: Classroom, option_probs: Callable, fit_bradley_terry: Callable) -> dict:
     """Ten activities, every pair in both orders, read from the (A)/(B) logits; Elo from the student's fit."""
-    from ..evals.preferences import ELO_MEAN, ELO_SCALE, load_activities, pair_items
-    from ..evals.readout import last_token_logits, option_logprobs
+    from emolib.study.preferences import ELO_MEAN, ELO_SCALE, load_activities, pair_items
+    from emolib.study.scoring import last_token_logits, option_logprobs
 
     acts = {a["id"]: a for a in load_activities()}
     chosen = [acts[i] for i in ACTIVITIES]

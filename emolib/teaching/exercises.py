@@ -171,7 +171,7 @@ output; `handle.remove()` takes it off. Move `delta` to the output's device and 
     ),
     Exercise(
         6, "preferences", "Preferences from A/B logits, and their Elo ratings", "hard", 40,
-        ("emolib.evals.readout:option_probs", "emolib.evals.preferences:fit_bradley_terry"),
+        ("emolib.study.scoring:option_probs", "emolib.study.preferences:fit_bradley_terry"),
         explain="""\
 The paper asks *"Would you prefer to (A) ... or (B) ...?"* for pairs of activities and reads the
 next-token probabilities of `A` and `B`: no sampling, no parsing. The pairs are then turned into

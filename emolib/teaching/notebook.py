@@ -15,7 +15,7 @@ from pathlib import Path
 
 import nbformat
 
-from .exercises import BEGIN, END, EXERCISES, Exercise
+from emolib.teaching.exercises import BEGIN, END, EXERCISES, Exercise
 
 ASSIGNMENT = "emotion_vectors"
 END_SENTINEL = "End of the assignment: every cell ran."
@@ -51,8 +51,9 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from emolib.evals.preferences import BTFit
+from emolib.capture import tag  # marks a hook as emolib's, so assert_no_hooks can count it
 from emolib.models import find_layers
+from emolib.study.preferences import BTFit
 from emolib.teaching import checks, demo
 
 # The model: the embedded SmolLM2-135M-Instruct unless $EMOLIB_TEACHING_MODEL says otherwise.
