@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make reproduce   -> creates .venv, installs, runs notebooks 01..06 on the default profile
 #   make test        -> creates .venv, installs, runs the test suite (incl. the smoke chain)
+# Reading:   make site (static HTML of the committed run) / make lab (JupyterLab on notebooks/)
 # Teaching:  make assignments               -> classroom/ (nbgrader course: teacher + student notebooks)
 #            make grade SUBMISSIONS=folder  -> autograde a folder of student notebooks, write scores
 # Overrides: make reproduce PROFILE=smoke FORCE=1 SET="model=Qwen/Qwen2.5-0.5B-Instruct batch_size=8"
@@ -14,7 +15,7 @@ COURSE ?= classroom
 SUBMISSIONS ?= $(COURSE)/submissions
 STAMP  := $(VENV)/.emolib-installed
 
-.PHONY: setup reproduce test lint bench bench-ray clean-runs assignments grade
+.PHONY: setup reproduce test lint bench bench-ray clean-runs assignments grade site site-check lab
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -43,6 +44,18 @@ assignments: setup
 
 grade: setup
 	$(PY) -m emolib.teaching grade $(SUBMISSIONS) --course $(COURSE)
+
+# Read: the executed notebooks, the report and the monitor views as one static site (works from file://)
+site: setup
+	$(PY) -m emolib.study.site
+
+# Open every page of the site in headless Chromium (Debian: apt install chromium chromium-driver)
+site-check: site
+	$(PY) -m emolib.study.site --check
+
+# Run: JupyterLab on notebooks/ with this project's environment as its kernel
+lab: setup
+	$(PY) -m jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_capture_steering.py

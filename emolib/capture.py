@@ -129,6 +129,8 @@ class PooledActivations:
     start: int = 50
     seconds: float = 0.0
     total_tokens: int = 0
+    n_truncated: int = 0  # texts longer than max_length (cut to it)
+    longest: int = 0  # tokens in the longest text before cutting
 
     @property
     def ok(self) -> torch.Tensor:
@@ -179,25 +181,30 @@ def pool_mask(attention_mask: torch.Tensor, start: int) -> torch.Tensor:
 
 
 def encode_texts(tokenizer, texts: Sequence[str], max_length: int | None, add_special_tokens: bool = True,
-                 what: str = "encoding") -> list[list[int]]:
+                 what: str = "encoding", warn: bool = True) -> list[list[int]]:
     """Token ids of each text, cut to ``max_length`` with a warning that says how many were cut.
 
-    Silent truncation hid that a long transcript was only partly read; now the caller is told.
+    Silent truncation hid that a long transcript was only partly read; now the caller is told (or,
+    with ``warn=False``, can count the cut texts itself: :func:`n_truncated`).
     """
     enc = [list(tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]) for t in texts]
     if max_length is not None:
         long = [len(e) for e in enc if len(e) > max_length]
-        if long:
-            warnings.warn(f"{what}: {len(long)} of {len(enc)} text(s) are longer than max_length={max_length} tokens "
-                          f"(longest {max(long)}) and were cut to their first {max_length} tokens.", stacklevel=3)
-            enc = [e[:max_length] for e in enc]
+        if long and warn:
+            truncation_warning(what, len(long), len(enc), max_length, max(long), stacklevel=3)
+        enc = [e[:max_length] for e in enc]
     return enc
+
+
+def truncation_warning(what: str, n_cut: int, n: int, max_length: int, longest: int, stacklevel: int = 2) -> None:
+    warnings.warn(f"{what}: {n_cut} of {n} text(s) are longer than max_length={max_length} tokens (longest "
+                  f"{longest}) and were cut to their first {max_length} tokens.", stacklevel=stacklevel + 1)
 
 
 def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] | int | None = None,
                  start: int = 50, batch_size: int = 8, max_length: int | None = 1024,
                  ids: Sequence | None = None, add_special_tokens: bool = True,
-                 progress: bool = False, desc: str = "pooling") -> PooledActivations:
+                 progress: bool = False, desc: str = "pooling", warn: bool = True) -> PooledActivations:
     """Mean block-output activation over positions ``>= start`` of each text, at each layer.
 
     Texts are sorted by length into batches (less padding), run without the LM head, and pooled on
@@ -214,7 +221,9 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
     blocks = find_layers(model)
     dev = model_device(model)
     width = int(model.config.hidden_size)
-    enc = encode_texts(tokenizer, texts, max_length, add_special_tokens=add_special_tokens, what="pooled_means")
+    full = [len(tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]) for t in texts] if max_length else []
+    enc = encode_texts(tokenizer, texts, max_length, add_special_tokens=add_special_tokens, what="pooled_means",
+                       warn=warn)
     order = sorted(range(len(texts)), key=lambda i: len(enc[i]))
     sums = torch.zeros(len(texts), len(idx), width, dtype=torch.float64)
     counts = torch.zeros(len(texts), dtype=torch.long)
@@ -281,7 +290,78 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
         means=means, layers=idx, n_tokens=counts, short_ids=[names[i] for i in short],
         residual_norms=(norm_sum / max(norm_count, 1)).float(), start=start,
         seconds=time.perf_counter() - t0, total_tokens=total,
+        n_truncated=sum(n > max_length for n in full) if max_length else 0, longest=max(full, default=0),
     )
+
+
+def masked_means(model, tokenizer, ids: Sequence[Sequence[int]], masks: Sequence[torch.Tensor],
+                 layers: Sequence[int] | int | None = None, batch_size: int = 8, progress: bool = False,
+                 desc: str = "pooling") -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean block output over several token groups of each sequence: ``(means [n, groups, layers, width], counts [n, groups])``.
+
+    ``masks[i]`` is a bool ``[groups, len(ids[i])]`` saying which tokens of sequence ``i`` each group
+    averages (for example the Human-turn and the Assistant-turn tokens of one dialogue, or a named
+    character's lines). One forward pass per batch serves every group; nothing per token is kept.
+    A group with no token is NaN. Sequences are batched by length and right-padded; batched equals
+    unbatched (tests check it).
+    """
+    if len(ids) != len(masks):
+        raise ValueError(f"{len(ids)} sequences but {len(masks)} masks.")
+    if not ids:
+        raise ValueError("masked_means needs at least one sequence.")
+    n_groups = int(masks[0].shape[0])
+    for i, (s, m) in enumerate(zip(ids, masks)):
+        if tuple(m.shape) != (n_groups, len(s)):
+            raise ValueError(f"mask {i} has shape {tuple(m.shape)}, expected ({n_groups}, {len(s)}).")
+    idx = _resolve_layers(model, layers)
+    blocks = find_layers(model)
+    dev = model_device(model)
+    width = int(model.config.hidden_size)
+    sums = torch.zeros(len(ids), n_groups, len(idx), width, dtype=torch.float64)
+    counts = torch.stack([m.sum(1) for m in masks]).long()
+    slot = {layer: k for k, layer in enumerate(idx)}
+    deepest = max(idx)
+    state: dict = {}
+
+    def make_hook(layer: int):
+        def hook(_module, _args, output):
+            h = _block_output(output).float()
+            sums[state["rows"], :, slot[layer]] += torch.bmm(state["mask"].like(h), h).double().cpu()
+            if layer == deepest:
+                raise _StopForward
+        return hook
+
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    pad_id = pad_id_of(tokenizer)
+    bar = _progress(len(ids), desc) if progress else None
+    handles = [blocks[layer].register_forward_hook(tag(make_hook(layer))) for layer in idx]
+    core = base_model(model)
+    try:
+        with torch.inference_mode():
+            for b in range(0, len(order), batch_size):
+                rows = [r for r in order[b:b + batch_size] if len(ids[r])]
+                if not rows:
+                    continue
+                ids_t, attn = pad_batch([ids[r] for r in rows], pad_id, "right")
+                m = torch.zeros(len(rows), n_groups, ids_t.shape[1])
+                for j, r in enumerate(rows):
+                    m[j, :, :len(ids[r])] = masks[r].float()
+                state["rows"] = torch.tensor(rows)
+                state["mask"] = PerDevice(m.to(dev))
+                try:
+                    core(input_ids=ids_t.to(dev), attention_mask=attn.to(dev), use_cache=False)
+                except _StopForward:
+                    pass
+                if bar is not None:
+                    bar.update(len(rows))
+    finally:
+        for handle in handles:
+            handle.remove()
+        if bar is not None:
+            bar.close()
+    means = (sums / counts.clamp(min=1)[:, :, None, None].double()).float()
+    means[counts == 0] = math.nan
+    return means, counts
 
 
 def token_activations(model, tokenizer, text: str | None = None, layers: Sequence[int] | int | None = None,

@@ -8,7 +8,9 @@ Four kinds of model spec are understood by :func:`load_model`:
   ``~/.cache/emolib``), so later loads take about a second and need no network.
 * ``"tiny-random"``: a tiny random-initialised Llama (4 blocks, width 64) with the default model's
   tokenizer and chat template. It exists for tests and the ``smoke`` profile: every code path runs
-  in seconds, and every number it produces is meaningless.
+  in seconds, and every number it produces is meaningless. ``"tiny-random-base"`` is the same
+  model with every weight perturbed by seeded noise: the stand-in "base" of a base/instruct pair
+  that lets CI run the base-vs-instruct comparison (stage 04) without a download.
 * a local Hugging Face folder, or a path to a ``.gguf`` file;
 * a Hub id such as ``"Qwen/Qwen2.5-0.5B-Instruct"``: works where the Hub is reachable (or the
   model is already in the local HF cache); offline it fails with a message saying how to proceed.
@@ -32,7 +34,8 @@ import torch
 DEFAULT_MODEL = "smollm2-135m-instruct"
 TINY_MODEL = "tiny-random"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "smollm2", "default"}
-_TINY_ALIASES = {TINY_MODEL, "tiny"}
+TINY_BASE_MODEL = "tiny-random-base"
+_TINY_ALIASES = {TINY_MODEL, "tiny", TINY_BASE_MODEL}
 _SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -198,8 +201,11 @@ def _ensure_pad(tok) -> None:
         tok.pad_token = tok.eos_token
 
 
-def tiny_model(seed: int = 0, n_layers: int = 4, width: int = 64):
-    """A random-initialised Llama small enough for unit tests (no download; default tokenizer)."""
+def tiny_model(seed: int = 0, n_layers: int = 4, width: int = 64, perturb: float = 0.0):
+    """A random-initialised Llama small enough for unit tests (no download; default tokenizer).
+
+    ``perturb > 0`` adds Gaussian noise of that fraction of each weight tensor's standard deviation
+    (seeded by ``seed + 1``): a related but different model, like a base checkpoint and its tune."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     tok = load_tokenizer(TINY_MODEL)
@@ -213,6 +219,11 @@ def tiny_model(seed: int = 0, n_layers: int = 4, width: int = 64):
     try:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
+        if perturb > 0:
+            torch.manual_seed(seed + 1)
+            with torch.no_grad():
+                for p in model.parameters():
+                    p.add_(torch.randn_like(p) * perturb * float(p.std()) if p.numel() > 1 else 0.0)
     finally:
         torch.random.set_rng_state(gen)
     model.eval()
@@ -242,9 +253,11 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
     dt = _pick_dtype(dtype, dev)
     device_map = _pick_device_map(device, device_map)
     if spec in _TINY_ALIASES:
-        model, tok = tiny_model()
+        base = spec == TINY_BASE_MODEL
+        model, tok = tiny_model(perturb=0.3 if base else 0.0)
         model.to(device=dev, dtype=dt)
-        return model, tok, _info(model, tok, TINY_MODEL, "tiny-random", "seed=0", dt, dev)
+        return model, tok, _info(model, tok, TINY_BASE_MODEL if base else TINY_MODEL, "tiny-random",
+                                 "seed=0,perturb=0.3" if base else "seed=0", dt, dev)
 
     kwargs: dict[str, Any] = {"dtype": dt}
     if device_map:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
 import time
 import tomllib
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from emolib.study.locks import LockedError, check_writable, exclusive, handed_to_children
+from emolib.study.report import commit
 from emolib.study.runs import REPO_ROOT, read_json, write_json
 
 STAGES = (
@@ -118,15 +120,38 @@ def notebook_parameters(path: str | Path) -> dict[str, Any]:
             out: dict[str, Any] = {}
             for node in ast.parse(source).body:
                 if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-                    try:
-                        out[node.targets[0].id] = ast.literal_eval(node.value)
-                    except ValueError:
-                        out[node.targets[0].id] = None
+                    name, value = node.targets[0].id, node.value
+                elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+                    name, value = node.target.id, node.value
+                    _ANNOTATIONS[(str(Path(path).name), name)] = ast.unparse(node.annotation)
+                else:
+                    continue
+                try:
+                    out[name] = ast.literal_eval(value)
+                except ValueError:
+                    out[name] = None
             return out
     raise PipelineError(f"{path} has no cell tagged 'parameters'.")
 
 
 _TYPE_NAMES = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list"}
+# (notebook file name, parameter) -> annotation, for parameters declared as ``layer: int | None = None``:
+# a None default says nothing about the type a profile may give, the annotation does
+_ANNOTATIONS: dict[tuple[str, str], str] = {}
+_ANNOTATED = {"int": 0, "float": 0.0, "str": "", "bool": False, "list": []}
+
+
+# parameters whose notebook default is None but whose values have one type (the layer convention)
+_NONE_DEFAULT_TYPES = {"layer": "int"}
+
+
+def _typed_default(stage: str, key: str, default: Any) -> Any:
+    """The default to check a value against: for a None default, an example of its declared type."""
+    if default is not None:
+        return default
+    ann = _ANNOTATIONS.get((f"{stage}.ipynb", key), _NONE_DEFAULT_TYPES.get(key, ""))
+    kinds = [k.strip() for k in ann.split("|") if k.strip() not in ("None", "")]
+    return _ANNOTATED.get(kinds[0]) if len(kinds) == 1 else None
 
 
 def coerce(stage: str, key: str, value: Any, default: Any) -> Any:
@@ -135,6 +160,7 @@ def coerce(stage: str, key: str, value: Any, default: Any) -> Any:
     int takes an int (not a bool, not 2.5); float takes an int or float; bool takes true/false;
     a string or list parameter takes either (subsets such as ``emotions`` are a name or a list of words).
     """
+    default = _typed_default(stage, key, default)
     if default is None or value is None:
         return value
     kind = type(default)
@@ -192,11 +218,17 @@ def _hash(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _log(run: Path, line: str) -> None:
+def _log(run: Path, line: str, echo: bool = False) -> None:
+    """A line in ``<run>/pipeline.log``; on the terminal only when ``echo`` (the progress bars say the rest)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     with open(run / "pipeline.log", "a", encoding="utf-8") as f:
         f.write(f"{stamp} {line}\n")
-    print(line, flush=True)
+    if echo:
+        print(line, file=sys.stderr, flush=True)
+
+
+# The kernel's own start-up chatter ("running over TCP without encryption") is not the user's business.
+KERNEL_ARGS = ["--IPKernelApp.log_level=ERROR"]
 
 
 def stage_parameters(prof: dict[str, dict[str, Any]], stage: str, run: Path, figures: Path,
@@ -263,39 +295,62 @@ def _run_stages(prof, profile: str, run_path: Path, fig_path: Path, selected: se
             continue
         src = notebooks_dir / f"{stage}.ipynb"
         if not src.exists():
-            _log(run_path, f"{stage}: notebook not written yet, skipped")
+            _log(run_path, f"{stage}: notebook not written yet, skipped", echo=True)
             continue
         if not force and record_path.exists():
             rec = read_json(record_path)
             if rec.get("hash") == digest and rec.get("status") == "ok" and out_nb.exists():
-                _log(run_path, f"{stage}: up to date (ran in {rec.get('seconds', 0):.0f} s), skipped")
+                _log(run_path, f"{stage}: up to date (ran in {rec.get('seconds', 0):.0f} s), skipped", echo=True)
                 results.append(StageResult(stage, "skipped", 0.0, out_nb))
                 continue
         _log(run_path, f"{stage}: running")
         t0 = time.perf_counter()
         out_nb.parent.mkdir(parents=True, exist_ok=True)
+        last = read_json(record_path).get("seconds") if record_path.exists() else None  # the previous run's time
         write_json(record_path, {"stage": stage, "hash": digest, "status": "running", "params": params})
+        desc = f"{stage} (last run {last:.0f} s)" if last else stage
+        bar = False if log_output else {"desc": desc, "bar_format": "{desc}: {percentage:3.0f}%|{bar:24}| "
+                                        "{n_fmt}/{total_fmt} cells [{elapsed}<{remaining}]", "leave": True}
         try:
             pm.execute_notebook(str(src), str(out_nb), parameters=params, cwd=str(REPO_ROOT),
-                                kernel_name="python3", progress_bar=False, log_output=log_output)
+                                kernel_name="python3", progress_bar=bar, log_output=log_output,
+                                extra_arguments=KERNEL_ARGS)
         except Exception as err:  # papermill wraps the notebook's own exception
             secs = time.perf_counter() - t0
             write_json(record_path, {"stage": stage, "hash": digest, "status": "failed", "seconds": secs,
                                      "params": params, "error": str(err)[-4000:]})
-            _log(run_path, f"{stage}: FAILED after {secs:.1f} s; executed notebook kept at {out_nb}")
+            _log(run_path, f"{stage}: FAILED after {secs:.1f} s; executed notebook kept at {out_nb}", echo=True)
             raise PipelineError(f"Stage {stage} failed (executed notebook: {out_nb}).\n{err}") from None
         secs = time.perf_counter() - t0
         write_json(record_path, {"stage": stage, "hash": digest, "status": "ok", "seconds": secs, "params": params,
-                                 "finished": datetime.now(UTC).isoformat(timespec="seconds")})
+                                 "finished": datetime.now(UTC).isoformat(timespec="seconds"), "commit": commit()})
         _log(run_path, f"{stage}: ok in {secs:.1f} s")
+        _publish(out_nb, fig_path, run_path)
         results.append(StageResult(stage, "ok", secs, out_nb))
-    _log(run_path, f"pipeline: done in {time.perf_counter() - t_all:.1f} s")
+    _log(run_path, f"pipeline: done in {time.perf_counter() - t_all:.1f} s", echo=bool(results))
     if report:
         from emolib.study.report import build_report
 
         path = build_report(run_path, fig_path, profile=profile)
-        _log(run_path, f"report: {path}")
+        _log(run_path, f"report: {path}", echo=True)
     return results
+
+
+NOTEBOOK_BUDGET = 3_000_000  # bytes: an executed notebook in the repository stays readable on GitHub
+
+
+def _publish(executed: Path, figures: Path, run: Path) -> Path | None:
+    """The committed run (figures outside the run folder) keeps its executed notebooks beside its figures,
+    in ``<figures>/notebooks/``, so the repository reads like the paper without running anything."""
+    if figures.resolve().is_relative_to(run.resolve()):
+        return None
+    out = figures / "notebooks" / executed.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(executed, out)
+    if out.stat().st_size > NOTEBOOK_BUDGET:
+        _log(run, f"WARNING: {out} is {out.stat().st_size / 1e6:.1f} MB (budget {NOTEBOOK_BUDGET / 1e6:.0f} MB)",
+             echo=True)
+    return out
 
 
 def _file_hash(path: Path) -> str | None:

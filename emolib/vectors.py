@@ -292,23 +292,16 @@ class EmotionVectors:
     # ---- files ---------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
         """Write a self-describing safetensors file (tensors + JSON metadata)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         header = {
             "schema": SCHEMA, "schema_version": str(SCHEMA_VERSION), "emolib_version": _lib_version(),
             "emotions": json.dumps(self.emotions), "layers": json.dumps(self.layers),
             "default_layer": json.dumps(self.default_layer), "hook_site": HOOK_SITE,
             "meta": json.dumps(self.meta, sort_keys=True, default=str),
         }
-        tmp = path.with_suffix(path.suffix + ".tmp")
         tensors = {"vectors": self.vectors.contiguous(), "norms": self.norms.contiguous()}
         if self.center is not None:
             tensors["center"] = self.center.contiguous()
-        save_file(tensors, str(tmp), metadata=header)
-        tmp.replace(path)
-        return path
+        return save_atomic(tensors, path, header)
 
     @classmethod
     def load(cls, path: str | Path) -> EmotionVectors:
@@ -359,6 +352,19 @@ def parse_expression(expr: str, names: Sequence[str]) -> dict[str, float]:
             raise KeyError(f"Unknown emotion {t!r} in {expr!r}." + (f" Did you mean: {', '.join(close)}?" if close else ""))
         weights[t] = weights.get(t, 0.0) + sign * coef
     return weights
+
+
+def save_atomic(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file through a temporary name and a rename, so a crash never leaves half a file
+    where a later stage would read it."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(tensors, str(tmp), metadata=metadata)
+    tmp.replace(path)
+    return path
 
 
 # ---- the maths ---------------------------------------------------------------------------------
@@ -479,6 +485,33 @@ class NeutralPCA:
             raise ValueError(f"Layer {layer} needs {k} components but only {self.components[i].shape[0]} were kept; "
                              "refit with a larger max_components.")
         return self.components[i][:k]
+
+    def save(self, path: str | Path) -> Path:
+        """Write the kept components and all explained ratios per layer (safetensors, no pickle)."""
+        tensors = {}
+        for layer, c, r in zip(self.layers, self.components, self.explained):
+            tensors[f"components.{layer}"] = c.float().contiguous()
+            tensors[f"explained.{layer}"] = torch.as_tensor(r, dtype=torch.float64).contiguous()
+        meta = {"schema": "emolib.neutral_pca", "layers": json.dumps(self.layers), "mode": self.mode,
+                "n_samples": str(self.n_samples), "threshold": str(self.threshold)}
+        return save_atomic(tensors, path, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> NeutralPCA:
+        from safetensors import safe_open
+
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"No neutral PCA at {path}; run notebook 02_extract_vectors first.")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("schema") != "emolib.neutral_pca":
+                raise ValueError(f"{path} is not an emolib neutral-PCA file (schema {meta.get('schema')!r}).")
+            layers = json.loads(meta["layers"])
+            comps = [f.get_tensor(f"components.{layer}") for layer in layers]
+            expl = [f.get_tensor(f"explained.{layer}") for layer in layers]
+        return cls(layers=layers, components=comps, explained=expl, mode=meta["mode"],
+                   n_samples=int(meta["n_samples"]), threshold=float(meta["threshold"]))
 
 
 def _check_rows(x: torch.Tensor, what: str) -> torch.Tensor:

@@ -45,6 +45,7 @@ from emolib.capture import (
     pool_mask,
     pooled_means,
     record_residual,
+    truncation_warning,
 )
 from emolib.engines.jobs import run_jobs
 from emolib.models import base_model, model_device
@@ -156,7 +157,7 @@ def _write_shard(folder: Path, index: int, ids: list[str], pooled, norm_count: i
 def pool_chunk(model, tokenizer, **kwargs) -> PooledActivations:
     """:func:`~emolib.capture.pooled_means` of one shard, its means already in the float16 they are
     stored in: what a Ray worker ships back is half the bytes, and the shard is the same."""
-    pooled = pooled_means(model, tokenizer, **kwargs)
+    pooled = pooled_means(model, tokenizer, warn=False, **kwargs)  # pool_corpus warns once for the corpus
     pooled.means = pooled.means.to(torch.float16)
     return pooled
 
@@ -223,16 +224,21 @@ def _pool_locked(model, tokenizer, records, folder: Path, settings, idx, ids, *,
     chunks = [todo[i:i + shard_size] for i in range(0, len(todo), shard_size)]
     jobs = [{"texts": [r["text"] for r in chunk], "ids": [str(r["id"]) for r in chunk], "layers": idx,
              "start": start, "batch_size": batch_size, "max_length": max_length} for chunk in chunks]
+    cut, longest = 0, 0
     try:
         with closing(run_jobs(pool_chunk, jobs, model, tokenizer, engine)) as results:
             for job, pooled in zip(jobs, results):
                 _write_shard(folder, n_shard, job["ids"], pooled, pooled.total_tokens - len(job["ids"]))
                 n_shard += 1
+                cut += getattr(pooled, "n_truncated", 0)
+                longest = max(longest, getattr(pooled, "longest", 0))
                 if bar is not None:
                     bar.update(len(job["ids"]))
     finally:
         if bar is not None:
             bar.close()
+    if cut:
+        truncation_warning(f"pooling {desc}", cut, len(todo), max_length, longest)
     return load_pooled(folder, ids)
 
 
@@ -411,3 +417,29 @@ def save_moments(mom: TokenMoments, path: str | Path, settings: dict[str, Any]) 
                         "total_tokens": str(mom.total_tokens)})
     tmp.replace(path)
     return path
+
+
+def cached_masked_means(model, tokenizer, records: Sequence[dict], encode_one, layers: Sequence[int], *,
+                        cache: str | Path | None, model_id: str, batch_size: int = 8,
+                        desc: str = "pooling") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`emolib.capture.masked_means` over ``records`` (``encode_one(record) -> (ids, mask)``), kept in
+    ``cache`` (a safetensors file and its ``.json`` key: record ids, layers, model). A cache made for other
+    records, layers or another model is recomputed, never reused; the file is written atomically."""
+    from safetensors.torch import load_file
+
+    from emolib.capture import masked_means
+    from emolib.vectors import save_atomic
+
+    key = {"ids": [r["id"] for r in records], "layers": [int(x) for x in layers], "model": model_id}
+    meta_path = Path(str(cache) + ".json") if cache is not None else None
+    if cache is not None and Path(cache).exists() and meta_path.exists():
+        if json.loads(meta_path.read_text()).get("key") == key:
+            stored = load_file(str(cache))
+            return stored["x"], stored["counts"]
+    enc = [encode_one(r) for r in records]
+    x, counts = masked_means(model, tokenizer, [e[0] for e in enc], [e[1] for e in enc], layers=layers,
+                             batch_size=batch_size, progress=True, desc=desc)
+    if cache is not None:
+        save_atomic({"x": x.contiguous(), "counts": counts.contiguous()}, cache)
+        meta_path.write_text(json.dumps({"key": key}))
+    return x, counts

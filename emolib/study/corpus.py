@@ -83,7 +83,7 @@ def corpus_files(source: str | Path, kind: str = "story") -> list[Path]:
         raise ValueError(f"kind must be 'story' or 'neutral', got {kind!r}")
     if str(source) == "reference":
         folder = reference_dir()
-        files = sorted(folder.glob("stories_part*.jsonl")) if kind == "story" else [folder / "neutral.jsonl"]
+        files = sorted(folder.glob("stories_*.jsonl")) if kind == "story" else [folder / "neutral.jsonl"]
         return [f for f in files if f.exists()]
     path = Path(source)
     if path.suffix == ".jsonl":
@@ -470,3 +470,95 @@ def topic_predicts_cluster(stories: Sequence[Mapping[str, Any]], n_perm: int = 3
     null.sort()
     p = (1 + sum(v >= obs for v in null)) / (1 + n_perm)
     return {"purity": obs, "null_mean": sum(null) / len(null), "null_p95": null[int(0.95 * len(null)) - 1], "p": p}
+
+
+def blind_check(path: str | Path | None = None) -> dict[str, Any]:
+    """The blind readers' guesses (``data/reference/blind_check.jsonl``) and their rates.
+
+    Each record: the story ``id``, its ``emotion``, the reader's ``top3`` guesses (from the 171
+    words, most likely first, made from the text alone), the ``reader`` and the ``round``. Round 1
+    read the stories as first written; the stories no reader recognised were rewritten and read again
+    by a fresh reader (round 2). Returns round 1's ``n``, ``top1``, ``top3``, ``same_cluster`` (the
+    first guess in the story's paper cluster), the rates per reader and per round, ``current`` (each
+    story by its latest round: the corpus as shipped), the ``rewritten`` ids and the guesses.
+    """
+    path = Path(path) if path is not None else reference_dir() / "blind_check.jsonl"
+    guesses = _read_jsonl(path)
+    co = cluster_of()
+
+    def rates(gs):
+        n = len(gs)
+        return {"n": n, "top1": sum(g["top3"][0] == g["emotion"] for g in gs) / max(n, 1),
+                "top3": sum(g["emotion"] in g["top3"] for g in gs) / max(n, 1),
+                "same_cluster": sum(co.get(g["top3"][0]) == co.get(g["emotion"]) for g in gs) / max(n, 1)}
+
+    readers = sorted({g.get("reader", "?") for g in guesses})
+    latest = max((g.get("round", 1) for g in guesses), default=1)
+    # a story rewritten after round k is judged by its later round; its earlier guesses read an older text
+    last_round = {}
+    for g in guesses:
+        last_round[g["id"]] = max(last_round.get(g["id"], 0), g.get("round", 1))
+    current = [g for g in guesses if g.get("round", 1) == last_round[g["id"]]]
+    return {**rates([g for g in guesses if g.get("round", 1) == 1]),
+            "by_reader": {r: rates([g for g in guesses if g.get("reader", "?") == r]) for r in readers},
+            "by_round": {k: rates([g for g in guesses if g.get("round", 1) == k]) for k in range(1, latest + 1)},
+            "current": rates(current), "rewritten": sorted(i for i, k in last_round.items() if k > 1),
+            "chance_top1": 1 / 171, "guesses": guesses}
+
+
+def check_dialogues(records: Sequence[Mapping[str, Any]]) -> GateReport:
+    """Gates of the two-speaker and deflection dialogues (``emolib/data/dialogues``), by record ``kind``.
+
+    Two-speaker: 6-10 exchanges, Human first and Assistant last, alternating; neither speaker's emotion
+    (word family or a direct synonym) named anywhere; 150-700 words. Deflection: the character named in
+    the scenario and speaking 1-2 times, with >= 12 words; neither the hidden target nor the displayed
+    emotion named in the character's own words; a scenario of 40-160 words. Both: no sentence of
+    >= ``SHARED_SENTENCE_MIN_WORDS`` words shared by two records.
+    """
+    from emolib.chat import dialogue_messages
+
+    rep = GateReport()
+    owner: dict[str, set[str]] = defaultdict(set)
+    for r in records:
+        kind = r.get("kind")
+        if kind == "two_speaker":
+            msgs = dialogue_messages(r["text"])
+            roles = [m["role"] for m in msgs]
+            n_ex = roles.count("user")
+            alternating = all(a != b for a, b in zip(roles, roles[1:]))
+            if not (6 <= n_ex <= 10 and roles.count("assistant") == n_ex and roles[0] == "user"
+                    and roles[-1] == "assistant" and alternating):
+                rep.add("turns", [r["id"]], f"{n_ex} exchanges or turns out of order")
+            for e in {r["human_emotion"], r["assistant_emotion"]}:
+                found = leaks(r["text"], e)
+                if found:
+                    rep.add("leakage", [r["id"]], f"names {e!r}: {sorted(set(found))}")
+            n = len(words(r["text"]))
+            if not 150 <= n <= 700:
+                rep.add("length", [r["id"]], f"{n} words, want 150..700")
+            texts = [r["text"]]
+        elif kind == "deflection":
+            said = " ".join(t["text"] for t in r["turns"] if t["speaker"] == r["character"])
+            n_said = sum(t["speaker"] == r["character"] for t in r["turns"])
+            if r["character"] not in r["scenario"] or not 1 <= n_said <= 2 or len(words(said)) < 12:
+                rep.add("turns", [r["id"]], f"character unnamed in the scenario, or speaks {n_said} times / "
+                                            f"{len(words(said))} words")
+            for e in (r["target"], r["displayed"]):
+                found = leaks(said, e)
+                if found:
+                    rep.add("leakage", [r["id"]], f"the character's words name {e!r}: {sorted(set(found))}")
+            n = len(words(r["scenario"]))
+            if not 40 <= n <= 160:
+                rep.add("length", [r["id"]], f"scenario of {n} words, want 40..160")
+            texts = [r["scenario"]] + [t["text"] for t in r["turns"]]
+        else:
+            raise ValueError(f"Record {r.get('id')!r}: unknown dialogue kind {kind!r}")
+        for t in texts:
+            for s in sentences(t):
+                key = " ".join(_norm_words(s))
+                if len(key.split()) >= SHARED_SENTENCE_MIN_WORDS:
+                    owner[key].add(r["id"])
+    for s, ids in owner.items():
+        if len(ids) > 1:
+            rep.add("shared_sentence", sorted(ids), repr(s))
+    return rep

@@ -534,49 +534,48 @@ def cluster_colors(names: Sequence[str | None]) -> dict[str, Any]:
 def plot_cosine_matrix(cos: np.ndarray, emotions: Sequence[str], ordering: Ordering,
                        groups: Sequence[str | None] | None = None, group_order: Sequence[str] | None = None,
                        title: str = "", fontsize: float | None = None):
-    """The ordered cosine matrix, every word labelled, labels coloured by ``groups`` (e.g. paper clusters).
+    """The cosine matrix as a seaborn clustermap: rows and columns in ``ordering``'s tree (drawn on top
+    and left), every word labelled and coloured by ``groups`` (e.g. the paper's clusters), with a colour
+    strip of the groups beside the rows.
 
     The figure grows with the number of emotions (about 0.14 in per row), so 171 labels stay legible.
     """
-    import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
     from matplotlib.patches import Patch
 
     n = len(emotions)
-    o = ordering.order
     size = max(6.0, 0.14 * n + 3)
     fs = fontsize or (6.5 if n > 60 else 9)
-    has_tree = ordering.linkage is not None
-    fig = plt.figure(figsize=(size + 1.5, size + (1.0 if has_tree else 0.3)))
-    ax = fig.add_axes([0.1, 0.06, 0.78, 0.84 if has_tree else 0.9])
-    im = ax.imshow(_np(cos)[np.ix_(o, o)], cmap="RdBu_r", vmin=-1, vmax=1, interpolation="nearest")
-    names = [emotions[i] for i in o]
-    ax.set_xticks(range(n), names, rotation=90, fontsize=fs)
-    ax.set_yticks(range(n), names, fontsize=fs)
-    ax.tick_params(length=0, pad=1)
-    colors = {}
+    df = pd.DataFrame(_np(cos), index=list(emotions), columns=list(emotions))
+    colors = cluster_colors(list(group_order) if group_order else list(groups)) if groups is not None else {}
+    strip = pd.Series([colors.get(g, (0.8, 0.8, 0.8, 1.0)) for g in groups], index=list(emotions)) if groups else None
+    kw = {}
+    if ordering.linkage is not None:
+        kw = {"row_linkage": ordering.linkage, "col_linkage": ordering.linkage}
+    else:
+        o = ordering.order
+        df = df.iloc[o, o]
+        strip = strip.iloc[o] if strip is not None else None
+        kw = {"row_cluster": False, "col_cluster": False}
+    g = sns.clustermap(df, cmap="RdBu_r", vmin=-1, vmax=1, figsize=(size + 1.5, size + 1.0), xticklabels=True,
+                       yticklabels=True, row_colors=strip, dendrogram_ratio=0.06, colors_ratio=0.012,
+                       cbar_pos=(0.01, 0.9, 0.015, 0.08), cbar_kws={"label": "cosine"}, **kw)
+    ax = g.ax_heatmap
+    ax.tick_params(length=0, pad=1, labelsize=fs)
+    order = g.dendrogram_row.reordered_ind if ordering.linkage is not None else list(range(n))
+    names = [df.index[i] for i in order]
     if groups is not None:
-        colors = cluster_colors(list(group_order) if group_order else list(groups))
+        gmap = dict(zip(emotions, groups))
         for labels in (ax.get_xticklabels(), ax.get_yticklabels()):
-            for t, i in zip(labels, o):
-                g = groups[i]
-                t.set_color(_darker(colors[g]) if g in colors else "0.4")
-        handles = [Patch(color=c, label=g) for g, c in colors.items()]
-        fig.legend(handles=handles, loc="upper right", fontsize=max(fs + 2, 8), frameon=False,
-                   title="label colour", bbox_to_anchor=(1.0, 0.99))
-    if has_tree:
-        from scipy.cluster.hierarchy import dendrogram
-
-        ax.apply_aspect()
-        pos = ax.get_position()
-        tax = fig.add_axes([pos.x0, pos.y1 + 0.003, pos.width, min(0.06, 0.985 - pos.y1)])
-        dendrogram(ordering.linkage, ax=tax, no_labels=True, color_threshold=0, above_threshold_color="0.3")
-        tax.set_xlim(0, 10 * n)
-        tax.axis("off")
-    cax = fig.add_axes([0.9, 0.3, 0.012, 0.3])
-    fig.colorbar(im, cax=cax, label="cosine similarity")
+            for t, name in zip(labels, names):
+                c = colors.get(gmap.get(name))
+                t.set_color(_darker(c) if c is not None else "0.4")
+        g.figure.legend(handles=[Patch(color=c, label=k) for k, c in colors.items()], loc="upper right",
+                        fontsize=max(fs + 2, 8), frameon=False, title="label colour", bbox_to_anchor=(1.0, 1.0))
     if title:
-        fig.suptitle(title, x=0.1, ha="left", y=0.999, fontsize=max(fs + 6, 12))
-    return fig
+        g.figure.suptitle(title, x=0.12, ha="left", y=1.0, fontsize=max(fs + 6, 12))
+    return g.figure
 
 
 def _darker(color, factor: float = 0.75):
@@ -588,21 +587,17 @@ def _darker(color, factor: float = 0.75):
 def plot_cosine_zoom(cos: np.ndarray, names: Sequence[str], title: str = ""):
     """A small annotated cosine matrix (e.g. the working 12), ordered by its own clustering."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
     c = _np(cos)
     o = hierarchical_order(c).order
     n = len(names)
     fig, ax = plt.subplots(figsize=(0.6 * n + 2.5, 0.6 * n + 1.5))
-    m = c[np.ix_(o, o)]
-    im = ax.imshow(m, cmap="RdBu_r", vmin=-1, vmax=1)
     lab = [names[i] for i in o]
-    ax.set_xticks(range(n), lab, rotation=60, ha="right")
-    ax.set_yticks(range(n), lab)
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, f"{m[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                    color="white" if abs(m[i, j]) > 0.6 else "black")
-    fig.colorbar(im, ax=ax, shrink=0.8, label="cosine similarity")
+    sns.heatmap(c[np.ix_(o, o)], ax=ax, cmap="RdBu_r", vmin=-1, vmax=1, annot=True, fmt=".2f",
+                annot_kws={"size": 7}, xticklabels=lab, yticklabels=lab, square=True,
+                cbar_kws={"shrink": 0.8, "label": "cosine similarity"})
+    ax.tick_params(axis="x", rotation=60)
     ax.set_title(title)
     fig.tight_layout()
     return fig
@@ -655,21 +650,20 @@ def plot_explained(explained: np.ndarray, paper: Sequence[float] = (PAPER["pc1_e
 
 
 def plot_norm_scatter(panels: Sequence[dict[str, Any]]):
-    """One panel per comparison: ``{x, y, words, xlabel, ylabel, text}`` (PC score vs human rating)."""
+    """One panel per comparison: ``{x, y, words, xlabel, ylabel, text}`` (PC score vs human rating),
+    with seaborn's least-squares line and its 95 % bootstrap band."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
     m = len(panels)
     fig, axes = plt.subplots(1, m, figsize=(6.5 * m, 6), squeeze=False)
     for ax, p in zip(axes[0], panels):
         x, y = _np(p["x"]), _np(p["y"])
         ok = np.isfinite(x) & np.isfinite(y)
-        ax.scatter(x[ok], y[ok], s=12)
+        sns.regplot(x=x[ok], y=y[ok], ax=ax, scatter_kws={"s": 12}, line_kws={"color": "C3", "lw": 1}, ci=95,
+                    n_boot=500, seed=0)
         for xi, yi, w in zip(x[ok], y[ok], [w for w, k in zip(p["words"], ok) if k]):
             ax.annotate(w, (xi, yi), fontsize=6, xytext=(2, 1), textcoords="offset points")
-        if ok.sum() >= 2 and np.ptp(x[ok]) > 0:
-            a, b = np.polyfit(x[ok], y[ok], 1)
-            xs = np.linspace(x[ok].min(), x[ok].max(), 2)
-            ax.plot(xs, a * xs + b, color="C3", lw=1)
         ax.set_xlabel(p["xlabel"])
         ax.set_ylabel(p["ylabel"])
         ax.set_title(p.get("text", ""), fontsize=9)
@@ -677,25 +671,26 @@ def plot_norm_scatter(panels: Sequence[dict[str, Any]]):
     return fig
 
 
-def plot_rsa(rsa: RSAResult, n_blocks: int | None = None):
-    """Heatmap of the layer-by-layer similarity of the emotion cosine matrices."""
+def plot_rsa(rsa: RSAResult, n_blocks: int | None = None, ceiling: dict[int, float] | None = None):
+    """Heatmap of the layer-by-layer similarity of the emotion cosine matrices; with ``ceiling``
+    (layer -> split-half reliability of that layer's matrix), the diagonal shows it instead of 1."""
     import matplotlib.pyplot as plt
+    import seaborn as sns
 
     n = len(rsa.layers)
+    m = np.array(rsa.matrix, dtype=float)
+    if ceiling:
+        for i, layer in enumerate(rsa.layers):
+            if layer in ceiling:
+                m[i, i] = ceiling[layer]
     fig, ax = plt.subplots(figsize=(0.45 * n + 3, 0.45 * n + 2.2))
-    finite = rsa.matrix[np.isfinite(rsa.matrix)]
+    finite = m[np.isfinite(m)]
     vmin = float(min(0.0, finite.min())) if finite.size else 0.0
-    im = ax.imshow(rsa.matrix, cmap="viridis", vmin=vmin, vmax=1)
-    ax.set_xticks(range(n), rsa.layers)
-    ax.set_yticks(range(n), rsa.layers)
-    ax.set_xlabel("block")
-    ax.set_ylabel("block")
-    if n <= 16:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, f"{rsa.matrix[i, j]:.2f}", ha="center", va="center", fontsize=6,
-                        color="black" if rsa.matrix[i, j] > 0.7 else "white")
-    fig.colorbar(im, ax=ax, shrink=0.8, label=f"{rsa.method} similarity of cosine matrices")
-    ax.set_title("RSA across depth" + (f" ({n_blocks} blocks)" if n_blocks else ""))
+    sns.heatmap(m, ax=ax, cmap="viridis", vmin=vmin, vmax=1, annot=n <= 16, fmt=".2f", annot_kws={"size": 6},
+                xticklabels=rsa.layers, yticklabels=rsa.layers, square=True,
+                cbar_kws={"shrink": 0.8, "label": f"{rsa.method} similarity of cosine matrices"})
+    ax.set(xlabel="block", ylabel="block")
+    ax.set_title("RSA across depth" + (f" ({n_blocks} blocks)" if n_blocks else "")
+                 + ("; diagonal: split-half reliability" if ceiling else ""))
     fig.tight_layout()
     return fig

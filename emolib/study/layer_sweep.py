@@ -142,12 +142,16 @@ class LayerSweep:
 
 def layer_sweep(means: torch.Tensor, labels: Sequence[str], topics: Sequence, layers: Sequence[int],
                 pca: NeutralPCA | None = None, threshold: float | None = None, n_folds: int = 5,
-                probe_layers: Sequence[int] | None = None, probe_C: float = 1.0, seed: int = 0) -> LayerSweep:
-    """Topic-disjoint cross-validated accuracy of emotion vectors at every layer.
+                probe_layers: Sequence[int] | None = None, probe_C: float = 1.0, seed: int = 0,
+                voices: Sequence | None = None, n_voice_groups: int = 3) -> LayerSweep:
+    """Cross-validated accuracy of emotion vectors at every layer, on stories whose topic (and,
+    with ``voices``, whose narrator's voice) no training story shares.
 
     ``means [n_stories, layers, width]`` are pooled story means (NaN rows are dropped),
-    ``labels`` their emotions, ``topics`` their topic ids (the grouping for the folds).
-    ``probe_layers`` (default: all) limits the logistic-regression probe, the slow part.
+    ``labels`` their emotions, ``topics`` their topic ids. Without ``voices`` the folds are
+    ``n_folds`` topic groups; with ``voices`` they are the topic-by-voice grid of
+    :func:`emolib.study.reliability.grid_folds` (``n_folds`` topic groups x ``n_voice_groups``
+    voice groups). ``probe_layers`` (default: all) limits the logistic-regression probe, the slow part.
     """
     import time
 
@@ -160,7 +164,13 @@ def layer_sweep(means: torch.Tensor, labels: Sequence[str], topics: Sequence, la
     keep = [i for i in range(x.shape[0]) if bool(ok[i])]
     x = x[keep]
     y = [labels[i] for i in keep]
-    folds = topic_folds([topics[i] for i in keep], n_folds, seed)
+    if voices is None:
+        fold_of = topic_folds([topics[i] for i in keep], n_folds, seed)
+        splits = [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_folds)]
+    else:
+        from emolib.study.reliability import grid_folds
+
+        splits = grid_folds([topics[i] for i in keep], [voices[i] for i in keep], n_folds, n_voice_groups, seed)
     emotions = list(dict.fromkeys(y))
     probe_set = set(layers if probe_layers is None else probe_layers)
     ks = (1, 5)
@@ -170,9 +180,7 @@ def layer_sweep(means: torch.Tensor, labels: Sequence[str], topics: Sequence, la
         basis = pca.basis(layer, threshold) if pca is not None else None
         n_removed.append(int(basis.shape[0]) if basis is not None else 0)
         hits = {m: {k: torch.zeros(len(y), dtype=torch.bool) for k in ks} for m in res}
-        for f in range(n_folds):
-            tr = np.flatnonzero(folds != f)
-            te = np.flatnonzero(folds == f)
+        for tr, te in splits:
             ytr, yte = [y[i] for i in tr], [y[i] for i in te]
             xtr, xte = x[tr, li], x[te, li]
             methods = {"raw": None, "denoised": basis} if basis is not None else {"raw": None}
@@ -189,7 +197,7 @@ def layer_sweep(means: torch.Tensor, labels: Sequence[str], topics: Sequence, la
             for k in ks:
                 res[m][k].append(float(hits[m][k].float().mean()) if ran else float("nan"))
     n_e = len(emotions)
-    return LayerSweep(layers=list(layers), emotions=emotions, n_test=len(y), n_folds=n_folds,
+    return LayerSweep(layers=list(layers), emotions=emotions, n_test=len(y), n_folds=len(splits),
                       top1={m: res[m][1] for m in res}, top5={m: res[m][5] for m in res},
                       chance_top1=1.0 / n_e, chance_top5=min(5, n_e) / n_e, n_removed=n_removed,
                       probe_layers=sorted(probe_set), seconds=time.perf_counter() - t0)

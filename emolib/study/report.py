@@ -12,7 +12,8 @@ from pathlib import Path
 from emolib.study.runs import REPO_ROOT, read_json, read_metrics
 
 
-def _commit() -> str:
+def commit() -> str:
+    """The repository's short commit id, with ``+uncommitted`` when tracked files differ from it."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
@@ -43,15 +44,17 @@ def build_report(run: str | Path, figures: str | Path, profile: str = "") -> Pat
     """Write ``<run>/REPORT.md`` from the stage records, the metrics and the figures' JSON."""
     run, figures = Path(run), Path(figures)
     lines = [f"# Report: profile `{profile}`", "",
-             f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} from commit `{_commit()}` "
-             f"on {machine()}.", "", "## Stages", "", "| stage | status | wall time of its last run (s) |", "|---|---|---|"]
+             f"Generated {datetime.now(UTC).isoformat(timespec='seconds')} from commit `{commit()}` "
+             f"on {machine()}.", "", "## Stages", "", "| stage | status | wall time of its last run (s) | finished | commit |",
+             "|---|---|---|---|---|"]
     total = 0.0
     for rec_path in sorted((run / "stages").glob("*.json")):
         rec = read_json(rec_path)
         secs = float(rec.get("seconds") or 0)
         total += secs
-        lines.append(f"| {rec['stage']} | {rec.get('status')} | {secs:.0f} |")
-    lines += [f"| total | | {total:.0f} |", "", "## Measured numbers beside the paper's", "",
+        lines.append(f"| {rec['stage']} | {rec.get('status')} | {secs:.0f} | {rec.get('finished', '—')} | "
+                     f"{rec.get('commit', '—')} |")
+    lines += [f"| total | | {total:.0f} | | |", "", "## Measured numbers beside the paper's", "",
               "| stage | measure | ours | paper | note |", "|---|---|---|---|---|"]
     for r in read_metrics(run):
         lines.append(f"| {r['stage']} | {r['label']} | {_fmt(r['ours'])} | {_fmt(r.get('paper'))} | {r.get('note', '')} |")

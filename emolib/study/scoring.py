@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from emolib.capture import pad_id_of, pad_left
-from emolib.chat import ChatPrompt, build_prompt
+from emolib.chat import ChatPrompt, build_prompt, continuation_ids
 from emolib.models import base_model, model_device
 from emolib.steering import Steering, apply_steering
 
@@ -197,3 +197,36 @@ def option_probs(option_lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     ### BEGIN SOLUTION
     return torch.softmax(option_lp, dim=-1), option_lp.exp().sum(-1)
     ### END SOLUTION
+
+
+def reply_logprobs(model, tokenizer, users: Sequence[str], replies: Sequence[str], steering: Steering | None = None,
+                   batch_size: int = 16, system: str | None = None) -> torch.Tensor:
+    """``[users, replies]`` log-probability of each whole reply as the assistant's first words after each user
+    message, with ``steering`` (if any) on the assistant turn from its header on, replies included (as it
+    would be while the model wrote them). For read-outs such as "does steering make 'I'm sorry' likelier?"."""
+    prompts, conts, starts = [], [], []
+    for u in users:
+        cp = build_prompt(tokenizer, u, system=system)
+        for r in replies:
+            try:
+                ids = continuation_ids(tokenizer, cp, r)
+            except ValueError:
+                ids = continuation_ids(tokenizer, cp, " " + r)
+            prompts.append(cp.ids)
+            conts.append(ids)
+            starts.append(cp.spans["assistant"][0])
+    lp = sequence_logprobs(model, tokenizer, prompts, conts, steering, scopes=lambda i: (starts[i],),
+                           batch_size=batch_size)
+    return lp.view(len(users), len(replies))
+
+
+def greedy_reply(model, tokenizer, user: str, steering: Steering | None = None, max_new_tokens: int = 24,
+                 system: str | None = None) -> str:
+    """The model's greedy reply to one user message, with ``steering`` (if any) on the whole assistant turn
+    (header and every generated token). Greedy, so a sample shown beside a number is reproducible."""
+    cp = build_prompt(tokenizer, user, system=system)
+    ids = torch.tensor([cp.ids], device=model_device(model))
+    with torch.inference_mode(), apply_steering(model, steering, (cp.spans["assistant"][0],)):
+        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id)
+    return tokenizer.decode(out[0, len(cp.ids):], skip_special_tokens=True)
