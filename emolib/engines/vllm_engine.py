@@ -33,12 +33,19 @@ def _vllm():
 
 def _resolve_spec(spec: str) -> tuple[str, str]:
     """``(what vLLM loads, the writer's name)``: the embedded default is its converted folder."""
-    from emolib.models import _DEFAULT_ALIASES, _TINY_ALIASES, DEFAULT_MODEL, default_model_dir
+    from emolib.models import (
+        _DEFAULT_ALIASES,
+        _GEMMA_ALIASES,
+        _TINY_ALIASES,
+        DEFAULT_MODEL,
+        GEMMA_BASE_MODEL,
+        embedded_model_dir,
+    )
 
     if spec in _TINY_ALIASES:
         raise ValueError("The tiny random model is built in-process; vLLM cannot load it. Use engine='local'.")
-    if spec in _DEFAULT_ALIASES:
-        return str(default_model_dir()), DEFAULT_MODEL
+    if spec in _DEFAULT_ALIASES or spec in _GEMMA_ALIASES:
+        return str(embedded_model_dir(spec)), (DEFAULT_MODEL if spec in _DEFAULT_ALIASES else GEMMA_BASE_MODEL)
     return spec, spec
 
 

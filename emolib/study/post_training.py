@@ -63,12 +63,15 @@ def header_activations(model, tokenizer, texts: Sequence[str], layers: Sequence[
     return x[:, 0]
 
 
-def check_same_tokenizer(tok_a, tok_b, texts: Sequence[str]) -> None:
-    """Raise unless both tokenizers render and encode every prompt to the same ids (a base/instruct
-    pair of one family does; two unrelated models do not, and their probes could not be compared)."""
+def check_same_tokenizer(tok_instruct, tok_base, texts: Sequence[str]) -> None:
+    """Raise unless both tokenizers turn every prompt, as the instruct model's format renders it, into the
+    same ids. Both models then read identical inputs (the paper fed the base model the same transcripts);
+    a base tokenizer without a chat template is fine, an unrelated vocabulary is not."""
     for t in texts:
-        a, b = format_user_turn(tok_a, t), format_user_turn(tok_b, t)
-        if a.ids != b.ids:
+        text = format_user_turn(tok_instruct, t).text
+        a = tok_instruct(text, add_special_tokens=False)["input_ids"]
+        b = tok_base(text, add_special_tokens=False)["input_ids"]
+        if list(a) != list(b):
             raise ValueError("The base and instruct models tokenize the prompts differently (first prompt that "
                              f"differs: {t!r}); a base-vs-instruct comparison needs one family's pair.")
 

@@ -158,3 +158,18 @@ def rows(totals: dict[str, Any], corpus, thr: dict[str, Any], emotions: Sequence
          "ours": round(thr["tokens_per_second"], 1) if thr.get("tokens_per_second") else None, "paper": None,
          "note": f"batch {batch_size}, {threads} thread(s), {device}"},
     ]
+
+
+def writes_own_stories(winfo, writer: str | None) -> tuple[bool, str]:
+    """Whether this run has the subject model write its own stories, and one line saying why not.
+
+    A base model (no chat template) cannot follow the story-writing instruction; what it would continue
+    the prompt with is not a story with a hidden emotion, so its own stories are not generated and 02
+    reads the reference corpus alone. A base model as the subject with a separate instruct ``writer``
+    is fine.
+    """
+    if winfo.has_chat_template or writer:
+        return True, ""
+    return False, (f"{winfo.name} is a base model (no chat template, prompts in the plain Human:/Assistant: "
+                   "format): it cannot follow the story prompt, so its own stories are not generated or used; "
+                   "02 builds the vectors from the reference corpus.")
