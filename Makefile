@@ -65,7 +65,7 @@ models: setup
 
 # The default profile for each embedded model (resumable), then the cross-model table and figure
 compare: models
-	$(PY) -m emolib.study.compare $(ARGS)
+	$(PY) -m emolib.compare $(ARGS)
 
 bench: setup
 	$(PY) benchmarks/bench_capture_steering.py

@@ -6,6 +6,7 @@ The core a newcomer needs is these names; everything else builds on them::
     model, tok, info = emolib.load_model()                                   # the embedded SmolLM2-135M
     pooled = emolib.pooled_means(model, tok, stories, start=50)              # capture: block outputs, pooled
     vec = emolib.compute_vectors(pooled.means, labels, pooled.layers, pooled.residual_norms)
+    vec = vec.with_default_layer(20)                                          # the block to read and steer
     with vec.steer(model, "desperate - calm", 0.1):                           # steer, hooks gone after the block
         model.generate(**tok("I feel", return_tensors="pt"), max_new_tokens=20)
     trace = emolib.Monitor(vec).score(model, tok, [{"role": "user", "content": "..."}])  # monitor

@@ -2,7 +2,7 @@
 
 At block ``L`` the hook adds ``strength * norm[L] * v / ||v||`` to the block's output, where
 ``norm[L]`` is the mean residual-stream norm at that layer (:func:`mean_residual_norms`), so a
-strength is a fraction of a typical activation's size, as in the paper (STUDY.md section 6.1).
+strength is a fraction of a typical activation's size, as in the paper's steering experiments.
 
 The hooks live only inside a ``with steer(...)`` block and are removed in ``finally``: re-running a
 notebook cell cannot stack a second copy, and an exception leaves the model clean. Token scopes:

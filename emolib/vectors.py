@@ -4,7 +4,7 @@ A file written by :meth:`EmotionVectors.save` is a safetensors file (no pickle) 
 names the model, the layers, the hook site, the token offset, the pooling, the corpus, the
 denoising and the library version, so a vectors file found on a disk says what it is.
 
-The maths (STUDY.md section 3.1), as small pure functions tested on planted data:
+The maths (the paper's method: story means, centred, denoised), as small pure functions tested on planted data:
 
 * :func:`emotion_means` -- per emotion, the mean of its stories' pooled means;
 * :func:`grand_mean_center` -- minus the mean across emotions, each emotion weighted equally
@@ -587,7 +587,7 @@ def _eigh_one_thread(m: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def denoise(vectors: EmotionVectors, pca: NeutralPCA, threshold: float | None = None) -> EmotionVectors:
     """Project the top neutral components (50 % rule by default) out of every vector, layer by layer.
 
-    Centring and projection are both linear, so the order does not matter (STUDY.md 3.2). The
+    Centring and projection are both linear, so the order does not matter. The
     number removed per layer and the settings go into ``meta["denoise"]``.
     """
     t = pca.threshold if threshold is None else threshold

@@ -23,7 +23,7 @@ ALLOWED = {
     "study": {"core", "monitor", "engines", "study"},
     "teaching": {"core", "monitor", "study", "teaching"},
     "api": {"core", "monitor"},  # emolib/__init__.py: the public names
-    "runner": {"core", "study", "runner"},  # emolib.pipeline
+    "runner": {"core", "study", "runner"},  # emolib.pipeline, emolib.compare
     "data": set(),
 }
 
@@ -43,7 +43,7 @@ def layer(mod: str) -> str:
         return "core"
     if mod == "emolib":
         return "api"
-    if mod == "emolib.pipeline":
+    if mod in ("emolib.pipeline", "emolib.compare"):  # they run the notebooks
         return "runner"
     head = mod.split(".")[1]
     return {"monitor": "monitor", "engines": "engines", "study": "study", "teaching": "teaching",

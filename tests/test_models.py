@@ -39,7 +39,7 @@ def test_tiny_model_is_deterministic():
 
 
 @pytest.mark.parametrize("spec,match", [
-    ("no-such-alias", "neither the default alias"),
+    ("no-such-alias", "neither an embedded alias"),
     ("/nonexistent/model.gguf", "GGUF file not found"),
     ("someorg/some-model-that-does-not-exist", "offline"),
 ])

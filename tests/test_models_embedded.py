@@ -77,8 +77,8 @@ def _fake_run(root, name, vec, rows):
 
 
 def test_comparison_table_and_agreement(monkeypatch, tmp_path):
+    from emolib import compare
     from emolib.emotions import all_emotions
-    from emolib.study import compare
     from emolib.vectors import EmotionVectors
 
     emos = all_emotions()[:30]

@@ -1,7 +1,7 @@
 """The monitor: emotion scores of every token, offline or live, and the alerts they raise.
 
 The paper ran its probes over finished transcripts and proposed, without building it, a real-time
-monitor that flags extreme desperation or anger for extra scrutiny (STUDY.md section 7). This
+monitor that flags extreme desperation or anger for extra scrutiny (the paper's proposals). This
 module is that monitor, in three pieces:
 
 * **Scores.** At each token, the block output ``h`` at each monitored layer ``L`` is read,

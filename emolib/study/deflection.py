@@ -1,4 +1,4 @@
-"""Emotion deflection vectors (STUDY.md, "Emotion deflection vectors").
+"""Emotion deflection vectors (the paper's section of that name).
 
 The data (``emolib/data/dialogues/deflection.jsonl``, written by us): a scenario paragraph in which a
 named character genuinely feels a *target* emotion but shows another (the *displayed* one), with a

@@ -1,6 +1,6 @@
 """Stage 02: from stories to emotion vectors at every layer, the layer sweep, and the artifact.
 
-The steps the notebook calls, in order (STUDY.md 3.1): :func:`load_stories` and :func:`pool_stories`
+The steps the notebook calls, in order (the paper's method): :func:`load_stories` and :func:`pool_stories`
 (pooled block outputs from token 50, resumable shards), :func:`neutral_basis` (principal components
 of neutral dialogues, the 50 % rule), :func:`build_vectors` (emotion means minus their mean, with
 the neutral components projected out), :func:`sweep` (held-out classification at every layer and

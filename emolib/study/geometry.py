@@ -1,4 +1,4 @@
-"""The shape of the emotion space (paper section "Geometry", STUDY.md section 5).
+"""The shape of the emotion space (the paper's section "Geometry").
 
 What is computed, and the choices the paper leaves open (ours, written down):
 
@@ -54,7 +54,7 @@ DEFAULT_ANCHORS: dict[int, tuple[tuple[str, ...], tuple[str, ...], str]] = {
     2: (HIGH_AROUSAL, LOW_AROUSAL, "high arousal"),
 }
 
-#: The paper's geometry numbers (STUDY.md section 5).
+#: The paper's geometry numbers (its section "Geometry").
 PAPER = {
     "pc1_explained": 0.26,
     "pc2_explained": 0.15,

@@ -265,3 +265,14 @@ def vader_norms(words: Sequence[str], use_variants: bool = True, path: str | Pat
     lex = read_vader(path)
     return _build("vader", words, lex, lambda t: t, None, "-4..+4 (VADER lexicon)", VADER_CITATION, path,
                   use_variants)
+
+
+def ratings_for(emotions: Sequence[str]) -> dict[str, np.ndarray]:
+    """Warriner valence and arousal aligned to ``emotions`` (NaN where a word has no rating), or ``{}``
+    with a printed reason when the norms package is not installed (the experiments that need them skip)."""
+    try:
+        wk = warriner_norms(emotions)
+    except NormsUnavailable as err:
+        print("human ratings unavailable:", err)
+        return {}
+    return {"valence": wk.values(emotions, "valence"), "arousal": wk.values(emotions, "arousal")}

@@ -10,7 +10,7 @@ Scoring (our choice, stated because the paper shows only the matrix):
 * **standardised** (headline): each probe's column is z-scored over the scenarios before
   comparing probes within a row. A probe that is high for *every* prompt (the paper saw "loving"
   light up at every colon as the Assistant prepares a caring reply) then cannot win every row;
-  this is the per-probe standardisation STUDY.md 3.2 recommends for argmaxes across emotions;
+  this is the per-probe standardisation argmaxes across emotions need;
 * **raw**: the same on the raw cosines (reported too; it is stricter when offsets dominate);
 * diagonal wins = scenarios whose intended emotion ranks first among the probes; mean rank of the
   intended emotion (1 = best; chance ``(k + 1) / 2``); also "column wins": probes whose highest

@@ -150,7 +150,7 @@ def layer_sweep(means: torch.Tensor, labels: Sequence[str], topics: Sequence, la
     ``means [n_stories, layers, width]`` are pooled story means (NaN rows are dropped),
     ``labels`` their emotions, ``topics`` their topic ids. Without ``voices`` the folds are
     ``n_folds`` topic groups; with ``voices`` they are the topic-by-voice grid of
-    :func:`emolib.study.reliability.grid_folds` (``n_folds`` topic groups x ``n_voice_groups``
+    :func:`grid_folds` (``n_folds`` topic groups x ``n_voice_groups``
     voice groups). ``probe_layers`` (default: all) limits the logistic-regression probe, the slow part.
     """
     import time
@@ -168,8 +168,6 @@ def layer_sweep(means: torch.Tensor, labels: Sequence[str], topics: Sequence, la
         fold_of = topic_folds([topics[i] for i in keep], n_folds, seed)
         splits = [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(n_folds)]
     else:
-        from emolib.study.reliability import grid_folds
-
         splits = grid_folds([topics[i] for i in keep], [voices[i] for i in keep], n_folds, n_voice_groups, seed)
     emotions = list(dict.fromkeys(y))
     probe_set = set(layers if probe_layers is None else probe_layers)
@@ -301,3 +299,32 @@ def compare_corpora(means_a: torch.Tensor, labels_a: Sequence[str], means_b: tor
                             cosine={e: float(c) for e, c in zip(shared, cos)}, layers=list(layers),
                             a_on_b=a_on_b, b_on_a=b_on_a, n_a=len(sa), n_b=len(sb), chance_top1=1.0 / len(shared),
                             center=center)
+
+
+def _groups(keys: Sequence, n: int, rng: np.random.Generator) -> dict[Any, int]:
+    uniq = sorted(set(keys), key=str)
+    if len(uniq) < n:
+        raise ValueError(f"{len(uniq)} distinct values cannot fill {n} groups.")
+    perm = rng.permutation(len(uniq))
+    return {uniq[p]: k % n for k, p in enumerate(perm)}
+
+
+def grid_folds(topics: Sequence, voices: Sequence, n_topic_groups: int = 5, n_voice_groups: int = 3,
+               seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``[(train_idx, test_idx), ...]``, one fold per (topic group, voice group) (topics dealt into groups, voices into groups; a test cell is
+    trained on the stories outside *both* its topic group and its voice group)."""
+    if len(topics) != len(voices):
+        raise ValueError(f"{len(topics)} topics but {len(voices)} voices.")
+    rng = np.random.default_rng(seed)
+    tg = _groups(topics, n_topic_groups, rng)
+    vg = _groups(voices, n_voice_groups, rng)
+    t = np.array([tg[x] for x in topics])
+    v = np.array([vg[x] for x in voices])
+    folds = []
+    for i in range(n_topic_groups):
+        for j in range(n_voice_groups):
+            test = np.nonzero((t == i) & (v == j))[0]
+            train = np.nonzero((t != i) & (v != j))[0]
+            if len(test):
+                folds.append((train, test))
+    return folds

@@ -1,4 +1,4 @@
-"""Base vs instruct: what post-training does to the emotion probes (STUDY.md 7, "Post-training comparison").
+"""Base vs instruct: what post-training does to the emotion probes (the paper's post-training comparison).
 
 The paper applies the post-trained model's vectors to both the pretrained base and the final model,
 reads the cosine between each probe and the activation at the Assistant colon on a set of prompts

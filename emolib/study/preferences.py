@@ -1,7 +1,7 @@
 """Preferences: which activities does the model choose, do emotion probes predict it, and does
 steering an emotion onto an activity change how much it is chosen?
 
-The paper's experiment (STUDY.md section 6.2), rebuilt on our own 64 activities
+The paper's preference experiment, rebuilt on our own 64 activities
 (``emolib/data/activities.json``, 8 categories x 8):
 
 1. *Choices.* "Would you prefer to (A) ... or (B) ...?" with the assistant reply prefilled to
@@ -380,14 +380,19 @@ def random_band(res: PreferenceResult) -> RandomSpread:
 def plot_preferences(res: PreferenceResult):
     """Three panels: Elo by category; probe-Elo correlation per emotion; Delta-Elo vs correlation."""
     import matplotlib.pyplot as plt
+    import pandas as pd
+    import seaborn as sns
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
     cats = list(dict.fromkeys(res.categories))
-    elo = np.asarray(res.elo)
-    for k, c in enumerate(cats):
-        y = elo[[i for i, x in enumerate(res.categories) if x == c]]
-        axes[0].scatter(np.full(len(y), k) + np.linspace(-0.15, 0.15, len(y)), y, s=14)
+    df = pd.DataFrame({"category": res.categories, "elo": np.asarray(res.elo)})
+    # Elo bars: the category mean with a bootstrap 95 % interval, and every activity as a dot
+    sns.barplot(data=df, x="category", y="elo", order=cats, errorbar=("ci", 95), seed=0, ax=axes[0],
+                color="0.85", edgecolor="0.4")
+    sns.stripplot(data=df, x="category", y="elo", order=cats, ax=axes[0], size=4, jitter=0.15, hue="category",
+                  legend=False)
     axes[0].set_xticks(range(len(cats)), cats, rotation=40, ha="right", fontsize=8)
+    axes[0].set_xlabel("")
     axes[0].set_ylabel("Elo (Bradley-Terry, bias-corrected)")
     axes[0].set_title(f"Activity Elo; position bias {res.bias:+.2f} logits toward (A)", fontsize=9)
     corr = np.asarray(res.corr, dtype=float)

@@ -4,7 +4,7 @@ choice more likely?
 The paper steers Claude during agentic evaluations graded from free text: blackmail rises from
 22% to 72% with desperate +0.05 and falls to 0% with calm +0.05; reward hacking on impossible
 coding tasks goes from ~5% to ~70% as desperate goes from -0.1 to +0.1 (calm the reverse);
-happy/loving/calm raise sycophancy (STUDY.md sections 6.3-6.5). A 135M-parameter model cannot
+happy/loving/calm raise sycophancy (the paper's behaviour sections). A 135M-parameter model cannot
 play those scenarios out in free text, so this module asks the same questions as *forced
 choices*: three families of our own situations (``emolib/data/pressure_scenarios.json``: shutdown
 with leverage, impossible tests, implausible user claim), each ending with a misaligned and an

@@ -12,7 +12,7 @@ This module does the reading once, correctly:
   post-training comparison) of the activation *minus the training grand mean* with each emotion
   vector when the vectors carry that mean (``EmotionVectors.center``), else of the raw activation.
   Raw activations share one large component across all text; without removing it every emotion's
-  cosine is dominated by a per-emotion constant (STUDY.md 3.2).
+  cosine is dominated by a per-emotion constant.
 """
 
 from __future__ import annotations

@@ -30,36 +30,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from emolib.study.layer_sweep import nearest_vector_hits
+from emolib.study.layer_sweep import grid_folds, nearest_vector_hits  # noqa: F401 - grid_folds is part of this API
 from emolib.vectors import emotion_means, grand_mean_center
-
-
-def _groups(keys: Sequence, n: int, rng: np.random.Generator) -> dict[Any, int]:
-    uniq = sorted(set(keys), key=str)
-    if len(uniq) < n:
-        raise ValueError(f"{len(uniq)} distinct values cannot fill {n} groups.")
-    perm = rng.permutation(len(uniq))
-    return {uniq[p]: k % n for k, p in enumerate(perm)}
-
-
-def grid_folds(topics: Sequence, voices: Sequence, n_topic_groups: int = 5, n_voice_groups: int = 3,
-               seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``[(train_idx, test_idx), ...]``, one fold per (topic group, voice group) (see the module doc)."""
-    if len(topics) != len(voices):
-        raise ValueError(f"{len(topics)} topics but {len(voices)} voices.")
-    rng = np.random.default_rng(seed)
-    tg = _groups(topics, n_topic_groups, rng)
-    vg = _groups(voices, n_voice_groups, rng)
-    t = np.array([tg[x] for x in topics])
-    v = np.array([vg[x] for x in voices])
-    folds = []
-    for i in range(n_topic_groups):
-        for j in range(n_voice_groups):
-            test = np.nonzero((t == i) & (v == j))[0]
-            train = np.nonzero((t != i) & (v != j))[0]
-            if len(test):
-                folds.append((train, test))
-    return folds
 
 
 @dataclass

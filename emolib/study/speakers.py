@@ -1,5 +1,5 @@
-"""Present speaker vs other speaker: emotion probes from two-speaker dialogues (STUDY.md, "Present-speaker
-vs other-speaker representations").
+"""Present speaker vs other speaker: emotion probes from two-speaker dialogues (the paper's
+section on present-speaker and other-speaker representations).
 
 The data (``emolib/data/dialogues/two_speaker.jsonl``, written by us) are Human/Assistant dialogues in
 which each speaker's emotion was assigned independently at random and is shown, never named. Every

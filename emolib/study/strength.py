@@ -1,6 +1,6 @@
 """Strength calibration: how hard can a vector push before the model stops being itself?
 
-Steering strengths are fractions of the mean residual norm at the layer (STUDY.md section 6.1),
+Steering strengths are fractions of the mean residual norm at the layer (as in the paper),
 but the same fraction does very different things on different models (the paper's 0.05-0.5 are
 for a very large model; small models need more, and break sooner). So before any behavioural
 experiment we sweep strengths and measure *damage* on neutral text, where no emotion should

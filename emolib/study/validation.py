@@ -1,7 +1,7 @@
 """Stage 03 glue: the package-data prompts and the closing table (our number beside the paper's).
 
 The checks themselves live in one module each: :mod:`.logit_lens` (1), :mod:`.story_tokens` (2),
-:mod:`.scenarios` (3 and 6), :mod:`.intensity` (4), :mod:`.dissociation` (5). This module loads
+:mod:`.implicit` (3 and 6), :mod:`.intensity` (4), :mod:`.dissociation` (5). This module loads
 ``emolib/data/validation_prompts.json`` and turns the checks' tables into the summary rows the
 notebook shows and :func:`emolib.study.runs.write_metrics` records.
 """
@@ -93,7 +93,7 @@ def summary_rows(lens_hits: pd.DataFrame | None = None, story_ranks: pd.DataFram
     """Metric rows ``{key, label, ours, paper, note}`` for whatever checks were run.
 
     ``ours`` is a number where one exists (so the report can format it); the note is one sentence
-    on what it means. Paper numbers are quoted from STUDY.md section 4.
+    on what it means. Paper numbers are quoted from its validation section.
     """
     rows: list[dict[str, Any]] = []
     if lens_hits is not None and len(lens_hits):

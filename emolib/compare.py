@@ -1,4 +1,4 @@
-"""Every result side by side across models: ``make compare`` (``python -m emolib.study.compare``).
+"""Every result side by side across models: ``make compare`` (``python -m emolib.compare``).
 
 One model cannot tell a property of SmolLM2-135M from a property of small models. This module runs the
 default profile once per embedded model, each into its own run folder (the pipeline skips stages already
