@@ -355,7 +355,7 @@ def corpus_sources(corpus: str) -> list[str]:
 
 def load_records(source: str, run: str | Path, kind: str = "story",
                  emotions: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Kept records of one source (``"reference"``: the hand-written package data; ``"generated"``:
+    """Kept records of one source (``"reference"``: this project's reference corpus in the package data; ``"generated"``:
     ``<run>/stories``), via :func:`emolib.study.corpus.load_corpus`, restricted to ``emotions`` for stories.
 
     Each record gets ``corpus`` = the source name, so mixed lists stay traceable.

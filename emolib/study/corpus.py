@@ -1,4 +1,4 @@
-"""The story corpora on disk (a run's generated stories, the hand-written reference corpus), and
+"""The story corpora on disk (a run's generated stories, the project's reference corpus), and
 the reference corpus's design and quality gates.
 
 Record fields (one JSON object per line): ``id, kind ("story"|"neutral"), emotion (None for neutral),
@@ -92,12 +92,12 @@ def corpus_files(source: str | Path, kind: str = "story") -> list[Path]:
     name = "stories.jsonl" if kind == "story" else "neutral.jsonl"
     if not (folder / name).exists():
         raise FileNotFoundError(f"No {name} in {folder}: run notebook 01_generate_stories for this run folder first, "
-                                "or use source='reference' for the hand-written corpus.")
+                                "or use source='reference' for the project's reference corpus.")
     return [folder / name]
 
 
 def load_corpus(source: str | Path, kind: str = "story", kept_only: bool = True) -> list[dict[str, Any]]:
-    """Corpus records from a run folder (or a .jsonl path), or ``"reference"`` for the hand-written corpus.
+    """Corpus records from a run folder (or a .jsonl path), or ``"reference"`` for the project's reference corpus.
 
     Reference records have no ``kept`` field (every one is kept); it is filled in as True. Files
     named ``chunk*.jsonl`` in the reference folder are drafts and are never read.
@@ -156,7 +156,7 @@ def filter_table(records: Sequence[dict[str, Any]]):
 
 
 def load_neutral_reference(source: str | Path = "reference") -> list[dict[str, Any]]:
-    """Neutral Human/Assistant dialogues as corpus records: the hand-written package-data set
+    """Neutral Human/Assistant dialogues as corpus records: the project's package-data set
     (``"reference"``) or a run folder's ``stories/neutral.jsonl``.
 
     Goes through :func:`emolib.study.corpus.load_corpus`; for the reference set, if that loader is

@@ -2,8 +2,8 @@
 
 The data (``emolib/data/dialogues/deflection.jsonl``, written by us): a scenario paragraph in which a
 named character genuinely feels a *target* emotion but shows another (the *displayed* one), with a
-reason to hide it, then one or two turns in which the character's words show only the displayed
-emotion. 15 targets x 4 displayed emotions x 5 dialogues.
+reason to hide it, then a short exchange (the other person speaks, the character answers, twice, in
+299 of the 300 scenes; once in one) in which the character's words show only the displayed emotion. 15 targets x 4 displayed emotions x 5 dialogues.
 
 The vector of a target is the mean block output over the character's spoken tokens, averaged over its
 dialogues, minus the mean over targets, with the neutral components projected out (the story recipe).
@@ -21,7 +21,7 @@ What the paper reports, and what :func:`summary` measures here:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class DeflectionActivations:
     targets: list[str]
     displayed: list[str]
     ids: list[str]
+    topics: list[Any] = field(default_factory=list)  # topic id per dialogue: held-out folds keep topics apart
 
 
 def pool_records(model, tokenizer, records: Sequence[dict[str, Any]], layers: Sequence[int], batch_size: int = 8,
@@ -102,7 +103,8 @@ def pool_records(model, tokenizer, records: Sequence[dict[str, Any]], layers: Se
     x, _ = cached_masked_means(model, tokenizer, records, lambda r: character_mask(tokenizer, r), layers, cache=cache,
                                model_id=model_id, batch_size=batch_size, desc="deflection dialogues")
     return DeflectionActivations(x[:, 0], list(layers), [r["target"] for r in records],
-                                 [r["displayed"] for r in records], [r["id"] for r in records])
+                                 [r["displayed"] for r in records], [r["id"] for r in records],
+                                 [r.get("topic_id") for r in records])
 
 
 def build_vectors(acts: DeflectionActivations, norms, pca: NeutralPCA | None, threshold: float,
@@ -202,10 +204,13 @@ def split_half(acts: DeflectionActivations, norms, pca, threshold: float, layer:
 
 def heldout(acts: DeflectionActivations, norms, pca, threshold: float, layer: int, stories: EmotionVectors,
             n_folds: int = 5, seed: int = 0) -> dict[str, float]:
-    """Held-out top-1 (folds over dialogues, stratified by target) of: deflection vectors reading the hidden
-    target; story vectors (over the targets) reading the hidden target; story vectors (over the displayed
-    emotions) reading the displayed emotion. What a dialogue *shows* vs what its character *feels*."""
-    from sklearn.model_selection import StratifiedKFold
+    """Held-out top-1 (folds over dialogues, stratified by target, and grouped by topic when topics are
+    known, so no topic is on both sides) of: deflection vectors reading the hidden target; story vectors
+    (over the targets) reading the hidden target; story vectors (over the displayed emotions) reading the
+    displayed emotion. What a dialogue *shows* vs what its character *feels*. Beside each chance level
+    (1 / classes) is the majority-class rate: the displayed emotions are uneven (calm is shown far more
+    often than grateful), so always answering the commonest one beats 1 / classes."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
     li = acts.layers.index(layer)
     targets = sorted(set(acts.targets))
@@ -216,8 +221,14 @@ def heldout(acts: DeflectionActivations, norms, pca, threshold: float, layer: in
     sd = stories.select(shown).at(layer).numpy()
     sd = _unit(sd - sd.mean(0, keepdims=True))
     hits = {"deflection→target": [], "story→target": [], "story→displayed": []}
-    skf = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
-    for train, test in skf.split(np.zeros(len(acts.ids)), acts.targets):
+    grouped = len(acts.topics) == len(acts.ids) and all(t is not None for t in acts.topics)
+    if grouped:
+        folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(
+            np.zeros(len(acts.ids)), acts.targets, groups=acts.topics)
+    else:
+        folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(acts.ids)),
+                                                                                         acts.targets)
+    for train, test in folds:
         dv = _unit(build_vectors(acts, norms, pca, threshold, train).at(layer).numpy())
         x = acts.x[test, li].numpy()
         x = _unit(x - acts.x[train, li].numpy().mean(0, keepdims=True))
@@ -230,8 +241,16 @@ def heldout(acts: DeflectionActivations, norms, pca, threshold: float, layer: in
         hits["story→displayed"] += list(np.asarray(shown)[np.argmax(x[keep] @ sd.T, 1)] == dd[keep])
     out = {k: float(np.mean(v)) for k, v in hits.items()}
     out.update({"chance_target": 1 / len(targets), "chance_story_target": 1 / len(in_stories),
-                "chance_displayed": 1 / len(shown), "n": len(acts.ids)})
+                "chance_displayed": 1 / len(shown), "n": len(acts.ids), "grouped_by_topic": grouped,
+                "majority_displayed": _majority([d for d in acts.displayed if d in set(shown)])})
     return out
+
+
+def _majority(labels: Sequence[str]) -> float:
+    """The share of the commonest label: what always guessing it scores."""
+    from collections import Counter
+
+    return Counter(labels).most_common(1)[0][1] / len(labels) if labels else float("nan")
 
 
 # ---- denials -----------------------------------------------------------------------------------
@@ -472,7 +491,9 @@ def check_rows(summary_: dict[str, Any], acc: dict[str, float], half: float, den
         {"key": "deflection_heldout_target", "label": "held-out top-1: deflection vectors read the hidden emotion",
          "ours": acc["deflection→target"], "paper": None,
          "note": f"story vectors read the hidden one {acc['story→target']:.3f}, the displayed one "
-                 f"{acc['story→displayed']:.3f}; chance {acc['chance_target']:.3f}; split-half cos {half:.2f}; "
+                 f"{acc['story→displayed']:.3f} (chance {acc['chance_displayed']:.3f}, commonest shown emotion "
+                 f"{acc.get('majority_displayed', float('nan')):.3f}); chance {acc['chance_target']:.3f}; "
+                 f"split-half cos {half:.2f}; "
                  f"block {layer}"},
         {"key": "denials_implied_top1", "label": "implied denials: own deflection vector is the top of 15",
          "ours": den["implied"]["deflection_top1"], "paper": "fires on denials",

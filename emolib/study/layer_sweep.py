@@ -221,7 +221,7 @@ def choose_layer(sweep: LayerSweep, n_blocks: int, method: str = "denoised", fra
 
 @dataclass
 class CorpusComparison:
-    """Vectors from two corpora (e.g. the model's own stories vs the hand-written reference).
+    """Vectors from two corpora (e.g. the model's own stories vs the project's reference corpus).
 
     ``cosine[e]`` is the cosine between the two vectors of emotion ``e`` at ``layer`` (both sets
     computed on the shared emotions only, so they are centred on the same emotion set);

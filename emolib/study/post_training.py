@@ -30,7 +30,6 @@ from emolib.capture import masked_means, pooled_means
 from emolib.chat import format_user_turn
 from emolib.vectors import EmotionVectors, compute_vectors
 
-PAPER_PAIR = ("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-1.5B-Instruct")
 PAPER = {"r_neutral": 0.83, "r_challenging": 0.67, "r_change": 0.90}
 
 
@@ -199,8 +198,12 @@ def valence_in_pcs(models: dict[str, Any], tokenizer, records: Sequence[dict[str
 
 
 def valence_figure(vp: dict[str, Any], names: dict[str, str]):
-    """|r| of each PC with valence (and arousal) by layer, one panel per model."""
+    """|r| of each PC with valence (and arousal) by layer, one panel per model; ``(None, None)`` when ``vp``
+    is None (no human ratings installed), which :meth:`Stage.show` reports instead of drawing."""
     import matplotlib.pyplot as plt
+
+    if vp is None:
+        return None, None
 
     models = list(vp["models"])
     dims = list(next(iter(vp["models"].values())))

@@ -411,7 +411,7 @@ def across_figure(rows: Sequence[dict[str, Any]], layer: int):
     ax.set_ylim(-1, 1)
     ax.set_xlabel("")
     ax.tick_params(axis="x", labelsize=8)
-    ax.set_ylabel("r with human rating (12 emotions)")
+    ax.set_ylabel(f"r with human rating ({int(df['n'].max())} emotions)")
     ax.set_title(f"Where each probe set sits on the story-derived valence / arousal axes (block {layer}); dotted: "
                  "paper's other-speaker r", fontsize=9)
     fig.tight_layout()

@@ -122,9 +122,13 @@ class Stage:
     def show(self, fig, data: dict[str, Any] | None, name: str, caption: str, width: int | None = None) -> None:
         """Save ``fig`` as ``<figures>/<name>.png`` (+ ``data``, every number it draws, as ``<name>.json``)
         and show that PNG here. Study functions return ``(fig, data)``, so a cell reads
-        ``stage.show(*geometry.pca_figure(...), "04_pca", caption="...")``."""
+        ``stage.show(*geometry.pca_figure(...), "04_pca", caption="...")``. A ``None`` figure (a part that
+        was skipped, e.g. for want of human ratings) is announced in one line and nothing is saved."""
         import matplotlib.pyplot as plt
 
+        if fig is None:
+            print(f"{name}: not drawn (its inputs are missing; see the line above)")
+            return
         path = save_figure(fig, name, data or {}, caption, self.figures, stage=self.name, dpi=FIGURE_DPI)
         plt.close(fig)
         display_png(path, width)  # returns nothing, so a cell ending in show() prints no path

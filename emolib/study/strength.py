@@ -178,7 +178,7 @@ def windows(labels: Sequence[str], kinds: Sequence[str], strengths: Sequence[flo
 
 def neutral_texts(run_dir, n: int, seed: int = 0) -> tuple[list[str], str]:
     """``n`` neutral dialogues for the damage measurement: the run's own (01 writes
-    ``<run>/stories/neutral.jsonl``), else the package's hand-written reference set. Returns the texts
+    ``<run>/stories/neutral.jsonl``), else the package's reference set. Returns the texts
     and where they came from. Sampled with a seed, so every run measures on the same texts."""
     import json
     from importlib import resources
