@@ -39,6 +39,18 @@ def test_grid_folds_hold_out_topics_and_voices_and_test_every_story_once():
         rel.grid_folds([1, 1, 2], ["a", "b", "c"], n_topic_groups=5)
 
 
+def test_grid_folds_without_voices_hold_out_topics_only_and_corpus_report_runs():
+    # Voices unknown (one group): the folds must still train on every other topic group, not on nothing.
+    x, labels, topics, _ = planted(noise=2.0)
+    folds = rel.grid_folds(topics, ["-"] * len(topics), n_topic_groups=5, n_voice_groups=1, seed=0)
+    assert len(folds) == 5
+    for train, test in folds:
+        assert len(train) + len(test) == len(labels)
+        assert not {topics[i] for i in train} & {topics[i] for i in test}
+    rep = rel.corpus_report(x, labels, topics, None, reps=1, half_reps=2, sizes=(1, 2))
+    assert rep["scheme"].startswith("topic-disjoint") and rep["heldout"]["top1"] > 0.5
+
+
 def test_heldout_and_learning_curve_rise_with_signal():
     x, labels, topics, voices = planted(noise=3.0)
     folds = rel.grid_folds(topics, voices, 5, 3)

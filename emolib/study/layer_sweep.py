@@ -320,11 +320,15 @@ def grid_folds(topics: Sequence, voices: Sequence, n_topic_groups: int = 5, n_vo
     vg = _groups(voices, n_voice_groups, rng)
     t = np.array([tg[x] for x in topics])
     v = np.array([vg[x] for x in voices])
+    # A dimension with a single group (one voice, or voices unknown) cannot be held out: excluding its
+    # group would leave nothing to train on, so only the other dimension is held out then.
+    hold_t = len(set(tg.values())) > 1
+    hold_v = len(set(vg.values())) > 1
     folds = []
     for i in range(n_topic_groups):
         for j in range(n_voice_groups):
             test = np.nonzero((t == i) & (v == j))[0]
-            train = np.nonzero((t != i) & (v != j))[0]
+            train = np.nonzero(((t != i) | (not hold_t)) & ((v != j) | (not hold_v)))[0]
             if len(test):
                 folds.append((train, test))
     return folds

@@ -168,7 +168,9 @@ def check_in_browser(site: str | Path = REPO_ROOT / "site", chromium: str = "/us
     ``chromium-driver`` and the ``selenium`` package (``make site-check`` installs nothing itself).
     """
     from selenium import webdriver
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.support.ui import WebDriverWait
 
     site = Path(site).resolve()
     pages = json.loads((site / "pages.json").read_text())
@@ -184,6 +186,11 @@ def check_in_browser(site: str | Path = REPO_ROOT / "site", chromium: str = "/us
     try:
         for page in pages:
             drv.get((site / page).as_uri())
+            try:  # big pages (inline images of several MB) can still be decoding when get() returns
+                WebDriverWait(drv, 20).until(lambda d: d.execute_script(
+                    "return document.readyState === 'complete' && Array.from(document.images).every(i => i.complete)"))
+            except TimeoutException:
+                pass  # counted below as not loaded / not drawn
             state = drv.execute_script("return document.readyState")
             images = drv.execute_script(
                 "return Array.from(document.images).map(i => [i.complete, i.naturalWidth])")
