@@ -78,6 +78,13 @@ def test_statistics_on_planted_shifts():
     assert abs(st["arousal@1"]["r"]["r"]) < 0.4
     rows = sr.rows(st, None, None, 1.0)
     assert {r["key"] for r in rows} >= {"selfreport_valence_r_x1", "selfreport_valence_beyond_random_x1"}
+    assert st["valence@1"]["beyond_shuffled"] is None  # no shuffled control was run
+    # A wide shuffled-label spread leaves fewer emotions beyond it than the narrow random one.
+    rep.shuffled_valence = {"1.0": rng.normal(0, 0.6, (20, 1))}
+    rep.shuffled_arousal = {"1.0": rng.normal(0, 0.6, (20, 1))}
+    st = sr.statistics(rep, {"valence": val}, n_boot=50, n_perm=50)
+    assert 0 < st["valence@1"]["beyond_shuffled"] < st["valence@1"]["beyond_random"]
+    assert "label-shuffled" in sr.rows(st, None, None, 1.0)[1]["note"]
 
 
 def test_shuffled_label_directions_are_built_like_vectors():

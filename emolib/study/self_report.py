@@ -220,12 +220,14 @@ def statistics(rep: SelfReport, ratings: dict[str, np.ndarray], n_boot: int = 20
             y = ratings.get(rating_key)
             corr = pearson(shift, y, n_boot=n_boot, n_perm=n_perm, seed=seed) if y is not None else None
             beyond = [e for e, v in zip(rep.emotions, shift) if rnd.exceeded_by(float(v))]
+            beyond_shuf = [e for e, v in zip(rep.emotions, shift) if shuf.exceeded_by(float(v))] if shuf else []
             key = f"{what}@{m:g}"
             out[key] = {"multiple": m, "strength": m * rep.window, "readout": what,
                         "r": corr.as_dict() if corr else None,
                         "beyond_random": len(beyond), "beyond_random_share": len(beyond) / max(len(shift), 1),
                         "beyond_random_emotions": beyond, "random": rnd.to_dict(),
                         "shuffled": shuf.to_dict() if shuf else None,
+                        "beyond_shuffled": len(beyond_shuf) if shuf else None,
                         "shift_range": [float(np.min(shift)), float(np.max(shift))]}
     return out
 
@@ -366,7 +368,10 @@ def rows(stats: dict[str, Any], dose: dict[str, Any] | None, layers: dict[str, A
         out.append({"key": f"selfreport_{what}_beyond_random_x{m:g}", "label": f"emotions whose {what} shift is beyond "
                     f"every random direction, {m:g} x window", "ours": st["beyond_random_share"], "paper": None,
                     "note": f"{st['beyond_random']} emotions; random range [{st['random']['lo']:+.2f}, "
-                            f"{st['random']['hi']:+.2f}] nats over {st['random']['n']} directions"})
+                            f"{st['random']['hi']:+.2f}] nats over {st['random']['n']} directions"
+                            + (f"; beyond every label-shuffled vector: {st['beyond_shuffled']} (range "
+                               f"[{st['shuffled']['lo']:+.2f}, {st['shuffled']['hi']:+.2f}])"
+                               if st.get("beyond_shuffled") is not None else "")})
     if layers:
         for layer, row in layers["by_layer"].items():
             r = row["valence"]["r"]
