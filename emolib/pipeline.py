@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import shutil
 import sys
 import time
 import tomllib
@@ -221,6 +220,7 @@ def _hash(obj: Any) -> str:
 def _log(run: Path, line: str, echo: bool = False) -> None:
     """A line in ``<run>/pipeline.log``; on the terminal only when ``echo`` (the progress bars say the rest)."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    line = repo_relative(line)  # the log is published with the committed run: paths by their place in the repo
     with open(run / "pipeline.log", "a", encoding="utf-8") as f:
         f.write(f"{stamp} {line}\n")
     if echo:
@@ -339,6 +339,14 @@ def _run_stages(prof, profile: str, run_path: Path, fig_path: Path, selected: se
 NOTEBOOK_BUDGET = 3_000_000  # bytes: an executed notebook in the repository stays readable on GitHub
 
 
+def repo_relative(text: str, root: Path | None = None) -> str:
+    """``text`` with this checkout's absolute path taken out (``<root>/runs/x`` -> ``runs/x``): a published
+    notebook's parameters and papermill metadata then name files by their path in the repository, not
+    by where one machine happened to keep it."""
+    root_s = str(Path(root or REPO_ROOT))
+    return text.replace(root_s + "/", "").replace(root_s, ".")
+
+
 def _publish(executed: Path, figures: Path, run: Path) -> Path | None:
     """The committed run (figures outside the run folder) keeps its executed notebooks beside its figures,
     in ``<figures>/notebooks/``, so the repository reads like the paper without running anything."""
@@ -346,7 +354,7 @@ def _publish(executed: Path, figures: Path, run: Path) -> Path | None:
         return None
     out = figures / "notebooks" / executed.name
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(executed, out)
+    out.write_text(repo_relative(executed.read_text(encoding="utf-8")), encoding="utf-8")
     if out.stat().st_size > NOTEBOOK_BUDGET:
         _log(run, f"WARNING: {out} is {out.stat().st_size / 1e6:.1f} MB (budget {NOTEBOOK_BUDGET / 1e6:.0f} MB)",
              echo=True)

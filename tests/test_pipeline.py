@@ -119,3 +119,16 @@ def test_report_is_generated_from_metrics_and_figures(tmp_path):
     assert "(01_line.png)" in copy
     with pytest.raises(ValueError, match="lacks"):
         write_metrics(run, STAGES[0], [{"key": "k", "label": "no number"}])
+
+
+def test_published_notebooks_name_files_by_their_repo_path(tmp_path):
+    """A notebook copied beside the committed figures must not carry this machine's checkout path."""
+    from emolib.pipeline import repo_relative
+
+    root = tmp_path / "checkout"
+    text = (f'{{"run_dir": "{root}/runs/default", "input_path": "{root}/notebooks/01.ipynb", "cwd": "{root}", '
+            '"other": "/usr/lib/x"}')
+    out = repo_relative(text, root)
+    assert str(root) not in out
+    assert '"runs/default"' in out and '"notebooks/01.ipynb"' in out and '"cwd": "."' in out
+    assert "/usr/lib/x" in out  # paths outside the checkout are left alone
