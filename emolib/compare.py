@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from emolib.models import DEFAULT_MODEL, GEMMA_BASE_MODEL
+from emolib.study.geometry import cosine_matrix, off_diagonal
 from emolib.study.runs import REPO_ROOT
 
 MODELS = (DEFAULT_MODEL, GEMMA_BASE_MODEL)
@@ -78,22 +79,13 @@ def metric_table(runs: dict[str, Path]):
     return df.reindex(columns=cols)
 
 
-def _cos(v: np.ndarray) -> np.ndarray:
-    u = v / np.maximum(np.linalg.norm(v, axis=-1, keepdims=True), 1e-12)
-    return u @ u.T
-
-
-def _upper(m: np.ndarray) -> np.ndarray:
-    return m[np.triu_indices(m.shape[0], 1)]
-
-
 def cosine_agreement(a, b) -> dict[str, Any]:
     """Correlation of two models' cosine matrices on their shared emotions: at each model's default layer,
     and at matched relative depth (each block of ``a`` against the block of ``b`` nearest in depth)."""
     shared = [e for e in a.emotions if e in set(b.emotions)]
     va, vb = a.select(shared), b.select(shared)
-    ca = {L: _upper(_cos(va.at(L).double().numpy())) for L in va.layers}
-    cb = {L: _upper(_cos(vb.at(L).double().numpy())) for L in vb.layers}
+    ca = {L: off_diagonal(cosine_matrix(va.at(L))) for L in va.layers}
+    cb = {L: off_diagonal(cosine_matrix(vb.at(L))) for L in vb.layers}
     na, nb = max(va.layers), max(vb.layers)
     matched = []
     for L in va.layers:

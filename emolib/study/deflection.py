@@ -30,6 +30,7 @@ import torch
 
 from emolib.capture import masked_means
 from emolib.chat import encode, encode_chat, token_span
+from emolib.study.geometry import unit_rows
 from emolib.study.speakers import load_dialogues, probe_texts
 from emolib.vectors import EmotionVectors, NeutralPCA, compute_vectors
 
@@ -116,10 +117,6 @@ def build_vectors(acts: DeflectionActivations, norms, pca: NeutralPCA | None, th
                            neutral=pca, threshold=threshold, meta=dict(meta or {}, kind="deflection"))
 
 
-def _unit(a: np.ndarray) -> np.ndarray:
-    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-
-
 def story_subspace(stories: EmotionVectors, layer: int, variance: float = 0.99) -> np.ndarray:
     """Orthonormal rows spanning the principal components of the story vectors that cover ``variance``."""
     v = stories.at(layer).numpy().astype(np.float64)
@@ -143,8 +140,8 @@ def summary(defl: EmotionVectors, stories: EmotionVectors, layer: int, display: 
     subspace; with floors: the mean |cosine| with all other story vectors, and a random direction's share."""
     import pandas as pd
 
-    d = _unit(defl.at(layer).numpy().astype(np.float64))
-    s = _unit(stories.at(layer).numpy().astype(np.float64))
+    d = unit_rows(defl.at(layer).numpy().astype(np.float64))
+    s = unit_rows(stories.at(layer).numpy().astype(np.float64))
     basis = story_subspace(stories, layer)
     frac = residual_fraction(d, basis)
     rng = np.random.default_rng(seed)
@@ -196,8 +193,8 @@ def split_half(acts: DeflectionActivations, norms, pca, threshold: float, layer:
             p = rng.permutation(rows)
             a += list(p[: len(p) // 2])
             b += list(p[len(p) // 2:])
-        u = _unit(build_vectors(acts, norms, pca, threshold, a).at(layer).numpy())
-        v = _unit(build_vectors(acts, norms, pca, threshold, b).at(layer).numpy())
+        u = unit_rows(build_vectors(acts, norms, pca, threshold, a).at(layer).numpy())
+        v = unit_rows(build_vectors(acts, norms, pca, threshold, b).at(layer).numpy())
         vals.append(float(np.mean(np.sum(u * v, axis=1))))
     return float(np.mean(vals))
 
@@ -217,9 +214,9 @@ def heldout(acts: DeflectionActivations, norms, pca, threshold: float, layer: in
     in_stories = [t for t in targets if t in set(stories.emotions)]  # 02 may have run on a subset
     shown = sorted(set(acts.displayed) & set(stories.emotions))
     st = stories.select(in_stories).at(layer).numpy()
-    st = _unit(st - st.mean(0, keepdims=True))
+    st = unit_rows(st - st.mean(0, keepdims=True))
     sd = stories.select(shown).at(layer).numpy()
-    sd = _unit(sd - sd.mean(0, keepdims=True))
+    sd = unit_rows(sd - sd.mean(0, keepdims=True))
     hits = {"deflection→target": [], "story→target": [], "story→displayed": []}
     grouped = len(acts.topics) == len(acts.ids) and all(t is not None for t in acts.topics)
     if grouped:
@@ -229,9 +226,9 @@ def heldout(acts: DeflectionActivations, norms, pca, threshold: float, layer: in
         folds = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed).split(np.zeros(len(acts.ids)),
                                                                                          acts.targets)
     for train, test in folds:
-        dv = _unit(build_vectors(acts, norms, pca, threshold, train).at(layer).numpy())
+        dv = unit_rows(build_vectors(acts, norms, pca, threshold, train).at(layer).numpy())
         x = acts.x[test, li].numpy()
-        x = _unit(x - acts.x[train, li].numpy().mean(0, keepdims=True))
+        x = unit_rows(x - acts.x[train, li].numpy().mean(0, keepdims=True))
         tt = np.asarray([acts.targets[i] for i in test])
         hits["deflection→target"] += list(np.asarray(targets)[np.argmax(x @ dv.T, 1)] == tt)
         kt = np.isin(tt, in_stories)
@@ -290,12 +287,12 @@ def denial_readings(x: torch.Tensor, layers: Sequence[int], layer: int, targets:
     import pandas as pd
 
     xi = x[:, list(layers).index(layer)].numpy().astype(np.float64)
-    xi = _unit(xi - xi.mean(0, keepdims=True))
+    xi = unit_rows(xi - xi.mean(0, keepdims=True))
     names = list(defl.emotions)
     snames = [e for e in names if e in set(stories.emotions)]  # 02 may have run on a subset
-    d = _unit(defl.at(layer).numpy().astype(np.float64))
+    d = unit_rows(defl.at(layer).numpy().astype(np.float64))
     s = stories.select(snames).at(layer).numpy().astype(np.float64)
-    s = _unit(s - s.mean(0, keepdims=True))
+    s = unit_rows(s - s.mean(0, keepdims=True))
     cd, cs = xi @ d.T, xi @ s.T
     rows, stats = [], {}
     for i, (t, k) in enumerate(zip(targets, kinds)):
@@ -330,8 +327,8 @@ def heatmap_figure(x: torch.Tensor, layers: Sequence[int], layer: int, texts: Se
     import seaborn as sns
 
     xi = x[:, list(layers).index(layer)].numpy().astype(np.float64)
-    xi = _unit(xi - xi.mean(0, keepdims=True))
-    c = xi @ _unit(defl.at(layer).numpy().astype(np.float64)).T
+    xi = unit_rows(xi - xi.mean(0, keepdims=True))
+    c = xi @ unit_rows(defl.at(layer).numpy().astype(np.float64)).T
     fig, ax = plt.subplots(figsize=(9, 0.19 * len(texts) + 1.6))
     labels = [f"[{t or '-'}] {s[:38]}" for s, t in zip(texts, targets)]
     lim = float(np.abs(c).max()) or 1.0

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from emolib.study.geometry import cosine_matrix, off_diagonal
 from emolib.study.layer_sweep import grid_folds, nearest_vector_hits  # noqa: F401 - grid_folds is part of this API
 from emolib.vectors import emotion_means, grand_mean_center
 
@@ -136,11 +137,6 @@ def _half_vectors(x: torch.Tensor, labels: np.ndarray, emotions: Sequence[str], 
     return va, vb
 
 
-def _cos(v: torch.Tensor) -> np.ndarray:
-    u = v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    return (u @ u.T).numpy()
-
-
 def split_half(x: torch.Tensor, labels: Sequence[str], reps: int = 20, seed: int = 0) -> dict[str, Any]:
     """Split-half reliability of the emotion-by-emotion cosine matrix and of each vector (see the module doc).
 
@@ -155,11 +151,10 @@ def split_half(x: torch.Tensor, labels: Sequence[str], reps: int = 20, seed: int
     if min(counts.values()) < 2:
         raise ValueError("Every emotion needs at least 2 stories for a split-half estimate.")
     rng = np.random.default_rng(seed)
-    iu = np.triu_indices(len(emotions), 1)
     rs, vcos = [], []
     for _ in range(reps):
         va, vb = _half_vectors(x, labels, emotions, rng)
-        rs.append(float(np.corrcoef(_cos(va)[iu], _cos(vb)[iu])[0, 1]))
+        rs.append(float(np.corrcoef(off_diagonal(cosine_matrix(va)), off_diagonal(cosine_matrix(vb)))[0, 1]))
         vcos.append(torch.nn.functional.cosine_similarity(va, vb, dim=-1).numpy())
     r = float(np.mean(rs))
     vc = np.mean(vcos, axis=0)

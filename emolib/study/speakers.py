@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from emolib.chat import dialogue_messages, encode_chat
+from emolib.study.geometry import off_diagonal, unit_rows
 from emolib.vectors import EmotionVectors, NeutralPCA, compute_vectors
 
 ROLES = ("human", "assistant")
@@ -179,24 +180,18 @@ def slug(name: str) -> str:
 # ---- comparisons -------------------------------------------------------------------------------
 
 
-def _unit(a: np.ndarray) -> np.ndarray:
-    return a / np.maximum(np.linalg.norm(a, axis=-1, keepdims=True), 1e-12)
-
-
 def set_matrix(sets: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """For sets ``name -> [emotions, width]`` over the same emotions: the mean cosine between the two
     sets' vectors of the same emotion (``same``), and the correlation of their emotion-by-emotion cosine
     structures (``structure``: the off-diagonal entries of each set's own cosine matrix)."""
     names = list(sets)
-    units = {k: _unit(np.asarray(v, dtype=np.float64)) for k, v in sets.items()}
-    k = next(iter(units.values())).shape[0]
-    iu = np.triu_indices(k, 1)
+    units = {k: unit_rows(np.asarray(v, dtype=np.float64)) for k, v in sets.items()}
     same = np.zeros((len(names), len(names)))
     struct = np.zeros_like(same)
     for i, a in enumerate(names):
         for j, b in enumerate(names):
             same[i, j] = float(np.mean(np.sum(units[a] * units[b], axis=1)))
-            ca, cb = (units[a] @ units[a].T)[iu], (units[b] @ units[b].T)[iu]
+            ca, cb = off_diagonal(units[a] @ units[a].T), off_diagonal(units[b] @ units[b].T)
             struct[i, j] = float(np.corrcoef(ca, cb)[0, 1]) if len(ca) > 2 else np.nan
     return same, struct
 
@@ -230,7 +225,7 @@ def shuffled_floor(acts: SpeakerActivations, norms, pca, threshold: float, layer
         shuf = build_probes(acts, norms, pca, threshold, labels=perm)
         for a in PROBES:
             for b in PROBES:
-                u, v = _unit(shuf[a].at(layer).numpy()), _unit(real[b].at(layer).numpy())
+                u, v = unit_rows(shuf[a].at(layer).numpy()), unit_rows(real[b].at(layer).numpy())
                 vals.append(float(np.mean(np.sum(u * v, axis=1))))
     vals = np.abs(np.asarray(vals))
     return {"mean_abs": float(vals.mean()), "p95_abs": float(np.percentile(vals, 95)), "reps": reps}
@@ -258,7 +253,7 @@ def split_half(acts: SpeakerActivations, norms, pca, threshold: float, layer: in
         a = build_probes(acts, norms, pca, threshold, rows=perm[: n // 2])
         b = build_probes(acts, norms, pca, threshold, rows=perm[n // 2:])
         for k in PROBES:
-            u, v = _unit(a[k].at(layer).numpy()), _unit(b[k].at(layer).numpy())
+            u, v = unit_rows(a[k].at(layer).numpy()), unit_rows(b[k].at(layer).numpy())
             out[k].append(float(np.mean(np.sum(u * v, axis=1))))
     return {k: float(np.mean(v)) for k, v in out.items()}
 
@@ -275,7 +270,7 @@ def heldout_accuracy(acts: SpeakerActivations, norms, pca, threshold: float, lay
     gkf = GroupKFold(n_splits=min(n_folds, len(set(acts.topics))))
     hits = {k: [] for k in PROBES}
     s = stories.select(common).at(layer).numpy()
-    story = _unit(s - s.mean(0, keepdims=True))
+    story = unit_rows(s - s.mean(0, keepdims=True))
     story_hits: dict[str, list] = {k: [] for k in PROBES}
     for train, test in gkf.split(np.zeros(len(acts.ids)), groups=[str(t) for t in acts.topics]):
         probes = build_probes(acts, norms, pca, threshold, emotions=emotions, rows=train)
@@ -283,10 +278,10 @@ def heldout_accuracy(acts: SpeakerActivations, norms, pca, threshold: float, lay
             x = acts.x[test, ROLES.index(tokens), li].numpy()
             x = x - acts.x[train, ROLES.index(tokens), li].numpy().mean(0, keepdims=True)
             truth = [acts.labels[role][i] for i in test]
-            guess = np.asarray(emotions)[np.argmax(_unit(x) @ _unit(probes[name].at(layer).numpy()).T, axis=1)]
+            guess = np.asarray(emotions)[np.argmax(unit_rows(x) @ unit_rows(probes[name].at(layer).numpy()).T, axis=1)]
             hits[name] += list(guess == np.asarray(truth))
             keep = np.isin(truth, common)
-            sguess = np.asarray(common)[np.argmax(_unit(x[keep]) @ story.T, axis=1)]
+            sguess = np.asarray(common)[np.argmax(unit_rows(x[keep]) @ story.T, axis=1)]
             story_hits[name] += list(sguess == np.asarray(truth)[keep])
     return {name: {"probe_top1": float(np.mean(hits[name])), "story_top1": float(np.mean(story_hits[name])),
                    "chance": 1 / len(emotions), "story_chance": 1 / len(common), "n": len(hits[name]),
@@ -297,8 +292,8 @@ def nearest_story_emotions(probe: EmotionVectors, stories: EmotionVectors, layer
     """For each emotion of an (other-speaker) probe set, the ``k`` story emotions (of all 171) whose
     vectors are closest by cosine: the paper's Table 14 with story vectors standing in for its
     171 present-speaker probes (its text: story probes resemble the present-speaker group)."""
-    p = _unit(probe.at(layer).numpy())
-    s = _unit(stories.at(layer).numpy())
+    p = unit_rows(probe.at(layer).numpy())
+    s = unit_rows(stories.at(layer).numpy())
     cos = p @ s.T
     return {e: [(stories.emotions[j], float(cos[i, j])) for j in np.argsort(-cos[i])[:k]]
             for i, e in enumerate(probe.emotions)}
@@ -310,8 +305,8 @@ def table14(probe: EmotionVectors, stories: EmotionVectors, layer: int, k: int =
     import pandas as pd
 
     near = nearest_story_emotions(probe, stories, layer, k)
-    p = _unit(probe.at(layer).numpy())
-    s = _unit(stories.at(layer).numpy())
+    p = unit_rows(probe.at(layer).numpy())
+    s = unit_rows(stories.at(layer).numpy())
     rows = []
     for i, e in enumerate(probe.emotions):
         cos = p[i] @ s.T
@@ -329,10 +324,10 @@ def rating_axis(stories: EmotionVectors, layer: int, ratings: np.ndarray) -> np.
     """A unit direction that tracks a human rating over the story vectors: the rating-weighted sum of
     the centred, unit story vectors (NaN ratings skipped)."""
     v = stories.at(layer).numpy()
-    v = _unit(v - v.mean(0, keepdims=True))
+    v = unit_rows(v - v.mean(0, keepdims=True))
     ok = np.isfinite(ratings)
     z = (ratings[ok] - ratings[ok].mean()) / max(ratings[ok].std(), 1e-12)
-    return _unit(z @ v[ok])
+    return unit_rows(z @ v[ok])
 
 
 def across_speakers(probes: dict[str, EmotionVectors], stories: EmotionVectors, layer: int,
@@ -353,7 +348,7 @@ def across_speakers(probes: dict[str, EmotionVectors], stories: EmotionVectors, 
         axis = rating_axis(stories, layer, r_all)
         own = r_all[idx]
         for name, p in probes.items():
-            score = _unit(p.select(emotions).at(layer).numpy()) @ axis
+            score = unit_rows(p.select(emotions).at(layer).numpy()) @ axis
             c = pearson(own, score, n_boot=n_boot, n_perm=n_boot, seed=seed)
             rows.append({"dimension": dim, "probe": name, "r": c.r, "ci_low": c.ci_low, "ci_high": c.ci_high,
                          "p_perm": c.p_perm, "n": c.n, "paper": PAPER_ACROSS.get(dim) if name in OTHER else None})
