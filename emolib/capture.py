@@ -201,6 +201,31 @@ def truncation_warning(what: str, n_cut: int, n: int, max_length: int, longest: 
                   f"{longest}) and were cut to their first {max_length} tokens.", stacklevel=stacklevel + 1)
 
 
+@contextmanager
+def _hooked_passes(model, idx: Sequence[int], make_hook):
+    """Forward hooks ``make_hook(layer)`` on the blocks ``idx`` (tagged), removed on exit even after an
+    exception; yields ``forward(input_ids, attention_mask)``, which runs the model without its LM head and
+    ends where a hook raises :class:`_StopForward` (the pooling hooks do so at the deepest block). The one
+    scaffold behind :func:`pooled_means` and :func:`masked_means`."""
+    blocks = find_layers(model)
+    dev = model_device(model)
+    core = base_model(model)
+    handles = [blocks[layer].register_forward_hook(tag(make_hook(layer))) for layer in idx]
+
+    def forward(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+        try:
+            core(input_ids=input_ids.to(dev), attention_mask=attention_mask.to(dev), use_cache=False)
+        except _StopForward:
+            pass
+
+    try:
+        with torch.inference_mode():
+            yield forward
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] | int | None = None,
                  start: int = 50, batch_size: int = 8, max_length: int | None = 1024,
                  ids: Sequence | None = None, add_special_tokens: bool = True,
@@ -218,7 +243,6 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
     if ids is not None and len(ids) != len(texts):
         raise ValueError(f"{len(ids)} ids for {len(texts)} texts.")
     idx = _resolve_layers(model, layers)
-    blocks = find_layers(model)
     dev = model_device(model)
     width = int(model.config.hidden_size)
     full = [len(tokenizer(t, add_special_tokens=add_special_tokens)["input_ids"]) for t in texts] if max_length else []
@@ -252,10 +276,8 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
     bar = _progress(len(texts), desc) if progress else None
     t0 = time.perf_counter()
     total = 0
-    handles = [blocks[layer].register_forward_hook(tag(make_hook(layer))) for layer in idx]
-    core = base_model(model)
     try:
-        with torch.inference_mode():
+        with _hooked_passes(model, idx, make_hook) as forward:
             for rows in batches:
                 rows = [r for r in rows if enc[r]]  # an empty text has no token to pool: reported as short
                 if not rows:
@@ -270,16 +292,11 @@ def pooled_means(model, tokenizer, texts: Sequence[str], layers: Sequence[int] |
                 counts[rows] = pool.sum(dim=1).cpu()
                 norm_count += int(norm.sum())
                 total += int(mask.sum())
-                try:
-                    core(input_ids=ids_t.to(dev), attention_mask=mask.to(dev), use_cache=False)
-                except _StopForward:
-                    pass
+                forward(ids_t, mask)
                 if bar is not None:
                     bar.update(len(rows))
                     bar.set_postfix(tok_s=f"{total / max(time.perf_counter() - t0, 1e-9):.0f}")
     finally:
-        for handle in handles:
-            handle.remove()
         if bar is not None:
             bar.close()
     means = (sums / counts.clamp(min=1).view(-1, 1, 1).double()).float()
@@ -314,7 +331,6 @@ def masked_means(model, tokenizer, ids: Sequence[Sequence[int]], masks: Sequence
         if tuple(m.shape) != (n_groups, len(s)):
             raise ValueError(f"mask {i} has shape {tuple(m.shape)}, expected ({n_groups}, {len(s)}).")
     idx = _resolve_layers(model, layers)
-    blocks = find_layers(model)
     dev = model_device(model)
     width = int(model.config.hidden_size)
     sums = torch.zeros(len(ids), n_groups, len(idx), width, dtype=torch.float64)
@@ -334,10 +350,8 @@ def masked_means(model, tokenizer, ids: Sequence[Sequence[int]], masks: Sequence
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     pad_id = pad_id_of(tokenizer)
     bar = _progress(len(ids), desc) if progress else None
-    handles = [blocks[layer].register_forward_hook(tag(make_hook(layer))) for layer in idx]
-    core = base_model(model)
     try:
-        with torch.inference_mode():
+        with _hooked_passes(model, idx, make_hook) as forward:
             for b in range(0, len(order), batch_size):
                 rows = [r for r in order[b:b + batch_size] if len(ids[r])]
                 if not rows:
@@ -348,15 +362,10 @@ def masked_means(model, tokenizer, ids: Sequence[Sequence[int]], masks: Sequence
                     m[j, :, :len(ids[r])] = masks[r].float()
                 state["rows"] = torch.tensor(rows)
                 state["mask"] = PerDevice(m.to(dev))
-                try:
-                    core(input_ids=ids_t.to(dev), attention_mask=attn.to(dev), use_cache=False)
-                except _StopForward:
-                    pass
+                forward(ids_t, attn)
                 if bar is not None:
                     bar.update(len(rows))
     finally:
-        for handle in handles:
-            handle.remove()
         if bar is not None:
             bar.close()
     means = (sums / counts.clamp(min=1)[:, :, None, None].double()).float()
