@@ -24,10 +24,10 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
-import torch
 
-from emolib.capture import masked_means, pooled_means
+from emolib.capture import pooled_means
 from emolib.chat import format_user_turn
+from emolib.study.implicit import header_activations
 from emolib.vectors import EmotionVectors, compute_vectors
 
 PAPER = {"r_neutral": 0.83, "r_challenging": 0.67, "r_change": 0.90}
@@ -45,21 +45,6 @@ def paper_table() -> dict[str, dict[str, float]]:
     """The paper's Table 16: ``emotion -> {"diff", "base", "post_trained"}``."""
     spec = json.loads(resources.files("emolib.data").joinpath("post_training_diffs_171.json").read_text(encoding="utf-8"))
     return {r["emotion"]: r for r in spec["rows"]}
-
-
-def header_activations(model, tokenizer, texts: Sequence[str], layers: Sequence[int], batch_size: int = 8
-                       ) -> torch.Tensor:
-    """Block outputs at the assistant header's last token (the paper's "Assistant colon") after each
-    user message: ``[n, layers, width]``."""
-    ids, masks = [], []
-    for t in texts:
-        cp = format_user_turn(tokenizer, t)
-        m = torch.zeros(1, len(cp.ids), dtype=torch.bool)
-        m[0, cp.header_index] = True
-        ids.append(cp.ids)
-        masks.append(m)
-    x, _ = masked_means(model, tokenizer, ids, masks, layers=layers, batch_size=batch_size)
-    return x[:, 0]
 
 
 def check_same_tokenizer(tok_instruct, tok_base, texts: Sequence[str]) -> None:
@@ -95,7 +80,7 @@ def read_pair(models: dict[str, Any], tokenizer, vectors: EmotionVectors, batch_
     layers = list(vectors.layers)
     cos = {}
     for k, m in models.items():
-        x = header_activations(m, tokenizer, texts, layers, batch_size)
+        x = header_activations(m, tokenizer, texts, layers, batch_size=batch_size)
         cos[k] = np.stack([vectors.cosine(x[:, i], layer).numpy() for i, layer in enumerate(layers)], axis=1)
     return PairReadout(cos, kinds, layers, list(vectors.emotions), dict(names or {k: k for k in models}))
 
