@@ -37,20 +37,14 @@ def steered_samples(model, tokenizer, vectors, emotions: Sequence[str], window: 
 
 def shuffled_directions(run, vectors, layer: int, n: int, seed: int = 0) -> torch.Tensor | None:
     """Label-shuffled control directions from the stories behind ``vectors`` (None if not in the run)."""
-    from emolib.study.extraction import load_pooled_stories
+    from emolib.study.geometry_stage import load_story_pool
     from emolib.study.self_report import shuffled_label_directions
-    from emolib.vectors import NeutralPCA
 
-    try:
-        stories = load_pooled_stories(run, vectors)
-    except FileNotFoundError as err:
-        print(f"label-shuffled controls skipped: {err}")
+    pool = load_story_pool(run, vectors, "label-shuffled controls")
+    if not pool.available:
         return None
-    path = run / "neutral_pca.safetensors"
-    pca = NeutralPCA.load(path) if path.exists() else None
-    den = vectors.meta.get("denoise") or {}
-    return shuffled_label_directions(stories.x[:, list(vectors.layers).index(layer)], stories.labels, n, pca, layer,
-                                     den.get("threshold"), seed)
+    return shuffled_label_directions(pool.x[:, list(vectors.layers).index(layer)], pool.labels, n, pool.pca, layer,
+                                     pool.threshold, seed)
 
 
 def _fmt(x, nd: int = 2):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,15 +41,21 @@ class Ceilings:
 
 def load_ceilings(stage, vectors) -> Ceilings:
     """The pooled stories and the neutral PCA 02 left in the run (or an empty :class:`Ceilings` with the reason)."""
+    return load_story_pool(stage.run, vectors, "noise ceilings")
+
+
+def load_story_pool(run, vectors, what: str) -> Ceilings:
+    """The pooled stories behind ``vectors`` and the neutral PCA 02 left in ``run``; if the stories are not
+    there, an empty :class:`Ceilings` and one line saying that ``what`` is skipped and why."""
     from emolib.study.extraction import load_pooled_stories
     from emolib.vectors import NeutralPCA
 
     try:
-        stories = load_pooled_stories(stage.run, vectors)
+        stories = load_pooled_stories(run, vectors)
     except FileNotFoundError as err:
-        print(f"noise ceilings skipped: {err}")
+        print(f"{what} skipped: {err}")
         return Ceilings()
-    path = stage.run / "neutral_pca.safetensors"
+    path = Path(run) / "neutral_pca.safetensors"
     pca = NeutralPCA.load(path) if path.exists() else None
     den = vectors.meta.get("denoise") or {}
     return Ceilings(stories.x, stories.labels, pca, den.get("threshold"))
