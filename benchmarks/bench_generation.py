@@ -1,6 +1,6 @@
 """Benchmark: batched vs one-at-a-time generation, and generation vs plain forward throughput.
 
-    .venv/bin/python benchmarks/bench_generation.py [--batch 64] [--tokens 48] [--single 8] [--threads 2] [--hf]
+    .venv/bin/python benchmarks/bench_generation.py [--batch 64] [--tokens 48] [--single 8] [--threads 2] [--dtype float32] [--hf]
 
 Same story prompts, same number of new tokens per prompt (end tokens ignored), sampled with the
 default settings. "one at a time" runs the first ``--single`` prompts of the batch alone (each at
@@ -33,10 +33,11 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--single", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", default="float32", help="float32, bfloat16 or auto (see emolib.models)")
     ap.add_argument("--hf", action="store_true", help="also time Hugging Face generate on the same batch")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    model, tok, info = load_model(args.model)
+    model, tok, info = load_model(args.model, dtype=args.dtype)
     jobs = story_jobs(list(all_emotions()), 1, 1, seed=0)[: args.batch]
     texts = [prompt_text(tok, j["prompt"]) for j in jobs]
     n_prompt = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]

@@ -49,12 +49,17 @@ SUBSETS = {
 
 
 def emotion_subset(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Resolve a subset name (``all``, ``working12``, ``preference``, ``first:N``) or a list of words."""
+    """Resolve a subset name (``all``, ``working12``, ``preference``, ``first:N``, ``every:K``) or a list of words."""
     if isinstance(spec, str):
         if spec in SUBSETS:
             return SUBSETS[spec]()
         if spec.startswith("first:"):
             return list(all_emotions()[: int(spec.split(":", 1)[1])])
+        if spec.startswith("every:"):  # every k-th of the 171: a spread-out subset for costly side checks
+            k = int(spec.split(":", 1)[1])
+            if k < 1:
+                raise ValueError(f"every:K needs K >= 1, got {spec!r}")
+            return list(all_emotions()[::k])
         spec = [w.strip() for w in spec.split(",") if w.strip()]
     words = list(spec)
     check_emotions(words)

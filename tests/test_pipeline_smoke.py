@@ -20,6 +20,9 @@ def test_smoke_chain_runs_end_to_end(tmp_path):
         nb = json.loads((run / "notebooks" / f"{st}.ipynb").read_text())
         assert any(c.get("outputs") for c in nb["cells"] if c["cell_type"] == "code"), st
         assert (run / "metrics" / f"{st}.json").exists(), f"{st} wrote no metrics"
+    # the token-level neutral PCA reads the dialogues once, for their covariance; it pools no per-dialogue means
+    assert (run / "activations" / "reference_neutral_moments.safetensors").exists()
+    assert not (run / "activations" / "reference_neutral").exists()
     vec = EmotionVectors.load(run / "vectors.safetensors")
     assert vec.default_layer is not None and vec.vectors.shape[0] == 4
     figs = sorted((run / "figures").glob("*.png"))

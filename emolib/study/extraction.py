@@ -147,21 +147,23 @@ def neutral_basis(stage, neutral_corpus: str, method: str, threshold: float, *, 
     model_id = f"{info.name}@{info.revision}"
     with stage.timed("neutral"):
         neutral = [r for src in corpus_sources(neutral_corpus) for r in load_records(src, stage.run, "neutral")]
-        npool = {src: pool_corpus(mdl, tok, [r for r in neutral if r["corpus"] == src],
-                                  activations_folder(stage.run, src, "neutral"), model_id=model_id, start=start,
-                                  batch_size=batch_size, shard_size=shard_size, max_length=max_length,
-                                  desc=f"{src} neutral", engine=engine)
-                 for src in corpus_sources(neutral_corpus)}
         if threshold <= 0:
             pca = None
         elif method == "token":
+            # one pass that keeps each token's contribution to the covariance; the per-dialogue
+            # means are not needed for this method, so the dialogues are read once, not twice
             mom = cached_token_moments(mdl, tok, neutral,
                                        stage.run / "activations" / f"{neutral_corpus}_neutral_moments.safetensors",
                                        model_id=model_id, layers=layers, start=start, batch_size=batch_size,
                                        max_length=max_length)
             pca = neutral_pca_from_moments(mom.count, mom.total, mom.outer, layers, threshold=threshold)
         elif method == "dialogue":
-            pca = fit_neutral_pca(torch.cat([p.means for p in npool.values()]), layers, threshold=threshold,
+            npool = [pool_corpus(mdl, tok, [r for r in neutral if r["corpus"] == src],
+                                 activations_folder(stage.run, src, "neutral"), model_id=model_id, start=start,
+                                 batch_size=batch_size, shard_size=shard_size, max_length=max_length,
+                                 desc=f"{src} neutral", engine=engine)
+                     for src in corpus_sources(neutral_corpus)]
+            pca = fit_neutral_pca(torch.cat([p.means for p in npool]), layers, threshold=threshold,
                                   seed=stage.params.get("seed", 0))
         else:
             raise ValueError(f"neutral_pca must be 'token' or 'dialogue', got {method!r}")

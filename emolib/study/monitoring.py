@@ -41,7 +41,20 @@ def run_scenarios(mon, model, tokenizer, scenarios, out_dirs: list[Path], max_ne
     return traces, rows
 
 
-def metric_rows(summary, held_rate: float, rules, live_diff: float) -> list[dict[str, Any]]:
+def live_tolerance(dtype) -> float:
+    """Largest max |live - offline| score (z units) that still counts as "the same numbers".
+
+    In float32 the live path (one token at a time through the KV cache) and the offline pass (the
+    whole text at once) differ only in summation order: below 1e-4. In bfloat16 (or float16) every
+    block's output is rounded to 8 (11) bits of mantissa, and the two paths round differently, so
+    they agree to about 1e-3 of a z-score (the default model: 1.4e-3), not to 1e-4.
+    """
+    import torch
+
+    return 1e-4 if dtype in (torch.float32, torch.float64, "float32", "float64") else 1e-2
+
+
+def metric_rows(summary, held_rate: float, rules, live_diff: float, tolerance: float = 1e-4) -> list[dict[str, Any]]:
     scen = summary[~summary.control.astype(bool)]
     ctrl = summary[summary.control.astype(bool)]
     marked = summary[summary.marker_token.notna()]
@@ -58,5 +71,5 @@ def metric_rows(summary, held_rate: float, rules, live_diff: float) -> list[dict
          "ours": f"{int(marked.alert_before_marker.astype(bool).sum())}/{len(marked)}", "paper": None,
          "note": "the paper proposed real-time monitoring but reported no such number"},
         {"key": "monitor_live_vs_offline", "label": "max |live - offline| score", "ours": float(f"{live_diff:.2e}"),
-         "paper": None, "note": "must be below 1e-4"},
+         "paper": None, "note": f"must be below {tolerance:g} (the model's dtype: emolib.study.monitoring.live_tolerance)"},
     ]

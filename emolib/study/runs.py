@@ -89,8 +89,31 @@ def save_figure(fig, name: str, data: dict[str, Any], caption: str, figures: str
     out = figures_dir(figures)
     png = out / f"{name}.png"
     fig.savefig(png, dpi=dpi, bbox_inches="tight")
+    to_palette_png(png)
     write_json(out / f"{name}.json", {"name": name, "stage": stage, "caption": caption, "data": data})
     return png
+
+
+def to_palette_png(path: str | Path, colors: int = 256) -> Path:
+    """Rewrite a saved figure as a 256-colour palette PNG, in place: about a third of the bytes.
+
+    Matplotlib's colour maps are themselves 256-entry tables, so a heatmap loses nothing it drew;
+    only anti-aliased edges are snapped to the nearest of 256 colours. The figures folder and the
+    executed notebooks (which embed these files) stay small enough to commit. Transparent pixels
+    are laid on white first, as the notebook shows them. Deterministic: the same figure gives the
+    same bytes.
+    """
+    from PIL import Image
+
+    path = Path(path)
+    with Image.open(path) as im:
+        im.load()
+    if im.mode in ("RGBA", "LA", "P"):
+        rgba = im.convert("RGBA")
+        im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
+    pal = im.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    pal.save(path, format="PNG", optimize=True)
+    return path
 
 
 def write_metrics(run: str | Path, stage: str, rows: Sequence[dict[str, Any]]) -> Path:

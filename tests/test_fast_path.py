@@ -1,0 +1,80 @@
+"""What makes the cold default run fit its budget without changing its numbers: bfloat16 where the
+CPU has it, palette PNGs, the neutral dialogues read once, a spread-out subset for side checks."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from emolib import models  # noqa: E402
+from emolib.emotions import all_emotions, emotion_subset  # noqa: E402
+from emolib.study.monitoring import live_tolerance  # noqa: E402
+from emolib.study.runs import save_figure  # noqa: E402
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_auto_dtype_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch, native):
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    assert models._pick_dtype("auto", "cpu") == (torch.bfloat16 if native else torch.float32)
+    # None keeps the exact float32 reference on every CPU; an explicit dtype is always obeyed
+    assert models._pick_dtype(None, "cpu") == torch.float32
+    assert models._pick_dtype("float32", "cpu") == torch.float32
+    assert models._pick_dtype("bfloat16", "cpu") == torch.bfloat16
+
+
+def test_native_bf16_probe_answers_without_failing(monkeypatch):
+    assert isinstance(models.cpu_has_native_bf16(), bool)
+    # a torch build without the probes: float32, not an AttributeError
+    monkeypatch.setattr(torch, "cpu", object())
+    assert models.cpu_has_native_bf16() is False
+
+
+def test_auto_dtype_reaches_the_loaded_model(monkeypatch):
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: True)
+    model, _, info = models.load_model("tiny-random", dtype="auto")
+    assert next(model.parameters()).dtype == torch.bfloat16 and info.dtype == "bfloat16"
+
+
+def test_live_tolerance_depends_on_dtype():
+    assert live_tolerance(torch.float32) == 1e-4
+    assert live_tolerance(torch.bfloat16) == 1e-2 and live_tolerance(torch.float16) == 1e-2
+
+
+def test_every_k_subset_spreads_over_the_171():
+    every3 = emotion_subset("every:3")
+    assert len(every3) == 57 and every3 == list(all_emotions())[::3]
+    assert emotion_subset("every:1") == list(all_emotions())
+    with pytest.raises(ValueError, match="K >= 1"):
+        emotion_subset("every:0")
+
+
+def test_saved_figures_are_palette_pngs_that_look_the_same(tmp_path):
+    rng = np.random.default_rng(0)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    ax.imshow(rng.standard_normal((80, 80)), cmap="RdBu_r")
+    ax.set_title("a heatmap")
+    fig.savefig(tmp_path / "truecolour.png", dpi=110, bbox_inches="tight")
+    png = save_figure(fig, "heat", {"n": 1}, "a test heatmap", tmp_path / "figs")
+    plt.close(fig)
+    with Image.open(png) as pal, Image.open(tmp_path / "truecolour.png") as full:
+        assert pal.mode == "P" and pal.size == full.size
+        a = np.asarray(pal.convert("RGB"), dtype=float)
+        b = np.asarray(Image.alpha_composite(Image.new("RGBA", full.size, "white"), full.convert("RGBA")).convert("RGB"),
+                       dtype=float)
+    assert np.abs(a - b).mean() < 1.0  # mean error in 0..255 units: the picture is the same
+    assert (a[0, 0] == 255).all()  # a white background stays white
+    assert png.stat().st_size < 0.7 * (tmp_path / "truecolour.png").stat().st_size
+    # the same figure data gives the same bytes (committed figures do not churn)
+    fig2, ax2 = plt.subplots(figsize=(5, 4))
+    ax2.imshow(np.random.default_rng(0).standard_normal((80, 80)), cmap="RdBu_r")
+    ax2.set_title("a heatmap")
+    again = save_figure(fig2, "heat2", {"n": 1}, "a test heatmap", tmp_path / "figs")
+    plt.close(fig2)
+    assert again.read_bytes() == png.read_bytes()
