@@ -78,3 +78,25 @@ def test_saved_figures_are_palette_pngs_that_look_the_same(tmp_path):
     again = save_figure(fig2, "heat2", {"n": 1}, "a test heatmap", tmp_path / "figs")
     plt.close(fig2)
     assert again.read_bytes() == png.read_bytes()
+
+
+def test_run_provenance_ignores_the_figures_a_run_rewrites(tmp_path, monkeypatch):
+    import subprocess
+
+    from emolib.study import report
+
+    def git(*args):
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.png").write_text("old")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.setattr(report, "REPO_ROOT", tmp_path)
+    assert not report.commit().endswith("+uncommitted")
+    (tmp_path / "figures" / "a.png").write_text("new")  # what a run does to the committed figures
+    assert not report.commit().endswith("+uncommitted")
+    (tmp_path / "code.py").write_text("x = 2\n")  # a change to the code it ran
+    assert report.commit().endswith("+uncommitted")

@@ -13,11 +13,15 @@ from emolib.study.runs import REPO_ROOT, read_json, read_metrics
 
 
 def commit() -> str:
-    """The repository's short commit id, with ``+uncommitted`` when tracked files differ from it."""
+    """The repository's short commit id, with ``+uncommitted`` when tracked files differ from it.
+
+    ``figures/`` is left out of the comparison: a run rewrites the committed figures as it goes, and
+    that must not mark the code it ran as uncommitted."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)figures"], cwd=REPO_ROOT,
                                capture_output=True, text=True).stdout.strip()
         return out + ("+uncommitted" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
