@@ -10,7 +10,11 @@ done, so a rerun only finishes what is missing), then reads the runs back and wr
   arousal sit (|r| of PC1-5 with human ratings by relative depth) in each model, and how alike the two
   models' cosine matrices are at matched relative depth;
 * the correlation of the two models' 171 x 171 cosine matrices at their default layers, and at matched
-  relative depth.
+  relative depth;
+* the same on disjoint halves of the stories (:func:`split_half_agreement`): both models read the same
+  stories, so agreement on the same stories mixes shared geometry with shared stimulus noise; one
+  model's half against the other model's other half, beside each model's own split-half reliability,
+  separates the two.
 
 The default model's run is the committed one (``runs/default``, figures in ``figures/``); the others go to
 ``runs/<alias>`` with their figures inside the run folder (not committed).
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from emolib.models import DEFAULT_MODEL, GEMMA_BASE_MODEL
 from emolib.study.geometry import cosine_matrix, off_diagonal
@@ -96,6 +101,68 @@ def cosine_agreement(a, b) -> dict[str, Any]:
     return {"n_emotions": len(shared), "default": {"layer_a": da, "layer_b": db,
                                                    "r": float(np.corrcoef(ca[da], cb[db])[0, 1])},
             "matched": matched, "best": max(matched, key=lambda m: m["r"])}
+
+
+def split_half_agreement(xa, xb, labels: Sequence[str], n_splits: int = 10, seed: int = 0) -> dict[str, Any]:
+    """How much of two models' agreement is shared stimuli: cosine matrices from disjoint story halves.
+
+    ``xa [n, width_a]`` and ``xb [n, width_b]`` are the same ``n`` stories pooled by each model at its
+    default layer (rows aligned, ``labels`` their emotions). Each split halves every emotion's stories
+    at random; the emotion vectors of a half are its means minus the mean over emotions (raw, not
+    denoised). Returned, as means (and sd) over splits, the r of the off-diagonal cosine entries:
+    ``within_a`` / ``within_b`` (each model's split-half reliability), ``across_disjoint`` (model a on
+    one half vs model b on the other: agreement that cannot come from shared stories) and
+    ``across_same`` (both models on the same half: what sharing the stories adds). ``ceiling`` is
+    ``sqrt(within_a * within_b)``, the most ``across_disjoint`` can be if both models encode the
+    same geometry, each with its own noise.
+    """
+    xa, xb = torch.as_tensor(xa).float(), torch.as_tensor(xb).float()
+    labels = list(labels)
+    emos = list(dict.fromkeys(labels))
+    rows = {e: np.flatnonzero(np.asarray(labels) == e) for e in emos}
+    rng = np.random.default_rng(seed)
+
+    def cos_of(x, mask):
+        m = torch.stack([x[torch.as_tensor(r[mask[r]])].mean(0) for e, r in rows.items()])
+        return off_diagonal(cosine_matrix(m - m.mean(0)))
+
+    def r(p, q):
+        return float(np.corrcoef(p, q)[0, 1])
+
+    acc: dict[str, list[float]] = {"within_a": [], "within_b": [], "across_disjoint": [], "across_same": []}
+    for _ in range(n_splits):
+        mask = np.zeros(len(labels), bool)
+        for idx in rows.values():
+            mask[rng.permutation(idx)[: len(idx) // 2]] = True
+        a1, a2, b1, b2 = cos_of(xa, mask), cos_of(xa, ~mask), cos_of(xb, mask), cos_of(xb, ~mask)
+        acc["within_a"].append(r(a1, a2))
+        acc["within_b"].append(r(b1, b2))
+        acc["across_disjoint"].append((r(a1, b2) + r(a2, b1)) / 2)
+        acc["across_same"].append((r(a1, b1) + r(a2, b2)) / 2)
+    out = {k: float(np.mean(v)) for k, v in acc.items()} | {f"{k}_sd": float(np.std(v)) for k, v in acc.items()}
+    out["ceiling"] = float(np.sqrt(max(out["within_a"], 0) * max(out["within_b"], 0)))
+    out["n_splits"], out["n_stories"], out["n_emotions"] = n_splits, len(labels), len(emos)
+    return out
+
+
+def stories_agreement(run_a: Path, run_b: Path, vec_a, vec_b, n_splits: int = 10, seed: int = 0) -> dict[str, Any] | None:
+    """:func:`split_half_agreement` on the two runs' pooled reference stories at their default layers
+    (None when a run kept no pooled stories or the two pooled different stories)."""
+    from emolib.study.extraction import load_pooled_stories
+
+    try:
+        sa, sb = load_pooled_stories(run_a, vec_a), load_pooled_stories(run_b, vec_b)
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
+    pos = {k: i for i, k in enumerate(sb.ids)}
+    if not sa.ids or any(k not in pos for k in sa.ids):
+        return None
+    order = [pos[k] for k in sa.ids]
+    if [sb.labels[i] for i in order] != list(sa.labels):
+        return None
+    xa = sa.x[:, vec_a.layers.index(vec_a.default_layer)]
+    xb = sb.x[order][:, vec_b.layers.index(vec_b.default_layer)]
+    return split_half_agreement(xa, xb, sa.labels, n_splits=n_splits, seed=seed)
 
 
 def valence_by_depth(vec, norms) -> dict[str, Any]:
@@ -170,11 +237,14 @@ def write_comparison(models: Sequence[str] = MODELS, out: str | Path = "figures/
     runs = {m: run_folder(m) for m in models if (run_folder(m) / "metrics").exists()}
     missing = [m for m in models if m not in runs]
     if len(runs) < 2:
-        raise SystemExit(f"Need finished runs of two models; missing: {missing}. Run `make compare` first.")
+        raise SystemExit(f"Need finished runs of two models; have {list(runs) or 'none'}, missing {missing or 'none'} "
+                         f"(asked for {list(models)}). Run `make compare` first.")
     vectors = {m: EmotionVectors.load(r / "vectors.safetensors") for m, r in runs.items()
                if (r / "vectors.safetensors").exists()}
     names = list(runs)
     agree = cosine_agreement(vectors[names[0]], vectors[names[1]]) if len(vectors) >= 2 else None
+    halves = (stories_agreement(runs[names[0]], runs[names[1]], vectors[names[0]], vectors[names[1]])
+              if agree is not None else None)
     try:
         from emolib.study.human_ratings import warriner_norms
 
@@ -186,7 +256,7 @@ def write_comparison(models: Sequence[str] = MODELS, out: str | Path = "figures/
                 caption="Two models side by side: layer sweep, valence/arousal in the top PCs, and the correlation "
                         "of their cosine matrices, all on relative depth.")
     table = metric_table(runs)
-    secs = seconds or {m: stage_seconds(r) for m, r in runs.items()}
+    secs = {m: stage_seconds(r) for m, r in runs.items()} | dict(seconds or {})
     lines = ["# Two models side by side", "",
              "Written by `make compare` from the runs " + ", ".join(f"`{r.relative_to(REPO_ROOT)}`" for r in
                                                                    runs.values()) + ".", "",
@@ -197,6 +267,14 @@ def write_comparison(models: Sequence[str] = MODELS, out: str | Path = "figures/
                       f"{agree['default']['r']:.3f} at the default layers (blocks {agree['default']['layer_a']} and "
                       f"{agree['default']['layer_b']}); best at matched relative depth {agree['best']['depth']:.2f} "
                       f"(blocks {agree['best']['layer_a']} / {agree['best']['layer_b']}): r = {agree['best']['r']:.3f}."]
+    if halves is not None:
+        lines += ["", f"Both models read the same {halves['n_stories']} stories, so part of that agreement is the "
+                      "stories themselves. Split every emotion's stories in two halves at random "
+                      f"({halves['n_splits']} splits; raw vectors, default layers): each model agrees with itself "
+                      f"across halves at r = {halves['within_a']:.3f} ({names[0]}) and {halves['within_b']:.3f} "
+                      f"({names[1]}); one model's half against the other model's *other* half gives "
+                      f"r = {halves['across_disjoint']:.3f} (ceiling if both encode one geometry: "
+                      f"{halves['ceiling']:.3f}), the same half {halves['across_same']:.3f}."]
     lines += ["", "![compare_models](compare_models.png)", "",
               "| stage | metric | " + " | ".join(names) + " | paper |", "|---|---|" + "---|" * (len(names) + 1)]
     for _, r in table.iterrows():
@@ -204,7 +282,8 @@ def write_comparison(models: Sequence[str] = MODELS, out: str | Path = "figures/
                      + f" | {_fmt(r['paper'])} |")
     (out / "COMPARE.md").write_text("\n".join(lines) + "\n")
     (out / "compare.json").write_text(json.dumps({"models": names, "seconds": secs, "agreement": agree,
-                                                  "rows": table.to_dict("records")}, indent=1, default=str))
+                                                  "story_halves": halves, "rows": table.to_dict("records")},
+                                                 indent=1, default=str))
     return out / "COMPARE.md"
 
 
@@ -217,7 +296,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     a = ap.parse_args(argv)
     models = [m.strip() for m in a.models.split(",") if m.strip()]
     secs = None if a.no_run else run_models(models, force=a.force)
-    print(f"comparison: {write_comparison(models, a.out, secs)}")
+    # running one model (e.g. only the second one) still compares it with every other model's finished run
+    shown = [m for m in dict.fromkeys([*MODELS, *models]) if m in models or (run_folder(m) / "metrics").exists()]
+    print(f"comparison: {write_comparison(shown, a.out, secs)}")
 
 
 if __name__ == "__main__":

@@ -98,3 +98,55 @@ def test_comparison_table_and_agreement(monkeypatch, tmp_path):
     agree = json.loads((tmp_path / "out" / "compare.json").read_text())["agreement"]
     assert agree["default"]["r"] == pytest.approx(1.0, abs=1e-6)  # block 4 of a is block 8 of b
     assert agree["n_emotions"] == 30 and (tmp_path / "out" / "compare_models.png").exists()
+
+
+def test_compare_with_one_model_named_includes_the_other_finished_run(monkeypatch, tmp_path):
+    """`make compare ARGS="--models gemma3-270m-base"` runs only Gemma, then compares it with the
+    finished default run (it used to stop with "Need finished runs of two models")."""
+    from emolib import compare
+    from emolib.emotions import all_emotions
+    from emolib.vectors import EmotionVectors
+
+    emos = all_emotions()[:20]
+    g = torch.Generator().manual_seed(1)
+    vec = {m: EmotionVectors(torch.randn(4, 20, 8, generator=g), emos, list(range(4)), torch.ones(4), default_layer=2)
+           for m in compare.MODELS}
+    runs = {m: _fake_run(tmp_path, m.replace("/", "_"), vec[m],
+                         [{"key": "k", "label": "held-out top-1", "ours": 0.1 * (i + 1), "paper": None}])
+            for i, m in enumerate(compare.MODELS)}
+    for m, r in runs.items():  # stage records: the wall time comes from the run folder
+        (r / "stages").mkdir()
+        (r / "stages" / "02_extract_vectors.json").write_text(json.dumps({"seconds": 90.0 if m == compare.MODELS[0]
+                                                                          else 30.0}))
+    ran = []
+    monkeypatch.setattr(compare, "run_folder", lambda m: runs[m])
+    monkeypatch.setattr(compare, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(compare, "run_models", lambda models, force=False: ran.extend(models) or {models[0]: 30.0})
+    compare.main(["--models", compare.MODELS[1], "--out", str(tmp_path / "out")])
+    assert ran == [compare.MODELS[1]]
+    text = (tmp_path / "out" / "COMPARE.md").read_text()
+    assert f"| {compare.MODELS[0]} |" in text and f"| {compare.MODELS[1]} |" in text
+    assert "| 1.5 min |" in text and "| 0.5 min |" in text  # each model's own stage times
+    assert "| held-out top-1 | 0.1 | 0.2 |" in text
+
+
+def test_split_half_agreement_separates_shared_stories_from_shared_geometry():
+    from emolib.compare import split_half_agreement
+
+    g = torch.Generator().manual_seed(0)
+    n_emo, per, width = 12, 10, 16
+    labels = [f"e{i}" for i in range(n_emo) for _ in range(per)]
+    x = torch.randn(n_emo, width, generator=g).repeat_interleave(per, 0) + 1.5 * torch.randn(n_emo * per, width,
+                                                                                           generator=g)
+    q, _ = torch.linalg.qr(torch.randn(width, width, generator=g))
+    # model b is a rotation of model a: the same geometry *and* the same story noise
+    same = split_half_agreement(x, x @ q, labels, n_splits=5)
+    assert same["across_same"] == pytest.approx(1.0, abs=1e-5)
+    assert same["across_disjoint"] == pytest.approx(same["within_a"], abs=1e-5)
+    assert same["within_a"] < 0.95  # the halves are noisy: there is something for shared stories to inflate
+    assert same["ceiling"] == pytest.approx(same["within_a"], abs=1e-5)
+    # model b with story noise of its own: sharing the stories no longer adds anything
+    own = x.clone()
+    own += 1.5 * torch.randn(own.shape, generator=g)
+    ind = split_half_agreement(x, own @ q, labels, n_splits=5)
+    assert ind["across_same"] < same["across_same"] and ind["across_disjoint"] <= ind["ceiling"] + 0.05
