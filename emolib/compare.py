@@ -116,25 +116,23 @@ def split_half_agreement(xa, xb, labels: Sequence[str], n_splits: int = 10, seed
     ``sqrt(within_a * within_b)``, the most ``across_disjoint`` can be if both models encode the
     same geometry, each with its own noise.
     """
+    from emolib.study.reliability import half_indices, vectors_of
+
     xa, xb = torch.as_tensor(xa).float(), torch.as_tensor(xb).float()
-    labels = list(labels)
-    emos = list(dict.fromkeys(labels))
-    rows = {e: np.flatnonzero(np.asarray(labels) == e) for e in emos}
+    labels = np.asarray(labels)
+    emos = sorted(set(labels.tolist()))
     rng = np.random.default_rng(seed)
 
-    def cos_of(x, mask):
-        m = torch.stack([x[torch.as_tensor(r[mask[r]])].mean(0) for e, r in rows.items()])
-        return off_diagonal(cosine_matrix(m - m.mean(0)))
+    def cos_of(x, rows):
+        return off_diagonal(cosine_matrix(vectors_of(x, labels, emos, rows)))
 
     def r(p, q):
         return float(np.corrcoef(p, q)[0, 1])
 
     acc: dict[str, list[float]] = {"within_a": [], "within_b": [], "across_disjoint": [], "across_same": []}
     for _ in range(n_splits):
-        mask = np.zeros(len(labels), bool)
-        for idx in rows.values():
-            mask[rng.permutation(idx)[: len(idx) // 2]] = True
-        a1, a2, b1, b2 = cos_of(xa, mask), cos_of(xa, ~mask), cos_of(xb, mask), cos_of(xb, ~mask)
+        h1, h2 = half_indices(labels, emos, rng)  # one split, the same for both models
+        a1, a2, b1, b2 = cos_of(xa, h1), cos_of(xa, h2), cos_of(xb, h1), cos_of(xb, h2)
         acc["within_a"].append(r(a1, a2))
         acc["within_b"].append(r(b1, b2))
         acc["across_disjoint"].append((r(a1, b2) + r(a2, b1)) / 2)

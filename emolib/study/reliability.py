@@ -124,17 +124,26 @@ def learning_curve(x: torch.Tensor, labels: Sequence[str], folds: Sequence[tuple
     return out
 
 
-def _half_vectors(x: torch.Tensor, labels: np.ndarray, emotions: Sequence[str], rng: np.random.Generator):
+def half_indices(labels: np.ndarray, emotions: Sequence[str], rng: np.random.Generator) -> tuple[list, list]:
+    """Each emotion's stories split at random into two equal halves (an odd story out is left out of
+    both): the row indices of half a and of half b."""
     a_idx, b_idx = [], []
     for e in emotions:
-        idx = np.nonzero(labels == e)[0]
-        perm = rng.permutation(idx)
+        perm = rng.permutation(np.nonzero(labels == e)[0])
         h = len(perm) // 2
         a_idx.extend(perm[:h])
-        b_idx.extend(perm[h:2 * h])  # equal halves: an odd story out is left out of both
-    va, _ = grand_mean_center(emotion_means(x[a_idx], labels[a_idx].tolist(), emotions)[0])
-    vb, _ = grand_mean_center(emotion_means(x[b_idx], labels[b_idx].tolist(), emotions)[0])
-    return va, vb
+        b_idx.extend(perm[h:2 * h])
+    return a_idx, b_idx
+
+
+def vectors_of(x: torch.Tensor, labels: np.ndarray, emotions: Sequence[str], rows) -> torch.Tensor:
+    """Raw emotion vectors ``[E, width]`` (means minus the mean over emotions) from the stories ``rows``."""
+    return grand_mean_center(emotion_means(x[rows], labels[rows].tolist(), emotions)[0])[0]
+
+
+def _half_vectors(x: torch.Tensor, labels: np.ndarray, emotions: Sequence[str], rng: np.random.Generator):
+    a_idx, b_idx = half_indices(labels, emotions, rng)
+    return vectors_of(x, labels, emotions, a_idx), vectors_of(x, labels, emotions, b_idx)
 
 
 def split_half(x: torch.Tensor, labels: Sequence[str], reps: int = 20, seed: int = 0) -> dict[str, Any]:
