@@ -67,7 +67,7 @@ def main() -> None:
               f"= {p.total_tokens / seconds[('pool', dt)]:.0f} tok/s", flush=True)
         if steer:
             t = time.perf_counter()
-            shifts[dt] = sr.dose_response(model, tok, vectors, emos, window, [0.5, 1.0], layer, batch_size=args.batch)
+            shifts[dt] = sr.dose_response(model, tok, vectors, emos, window, [0.5, 1.0], layer)
             seconds[("steer", dt)] = time.perf_counter() - t
             print(f"{dt:>8}: self-report under {len(emos)} vectors x 2 strengths in {seconds[('steer', dt)]:.1f} s",
                   flush=True)

@@ -333,6 +333,8 @@ def _run_stages(prof, profile: str, run_path: Path, fig_path: Path, selected: se
 
         path = build_report(run_path, fig_path, profile=profile)
         _log(run_path, f"report: {path}", echo=True)
+    if any(r.status == "ok" for r in results):
+        _publish_log(run_path, fig_path)
     return results
 
 
@@ -358,6 +360,17 @@ def _publish(executed: Path, figures: Path, run: Path) -> Path | None:
     if out.stat().st_size > NOTEBOOK_BUDGET:
         _log(run, f"WARNING: {out} is {out.stat().st_size / 1e6:.1f} MB (budget {NOTEBOOK_BUDGET / 1e6:.0f} MB)",
              echo=True)
+    return out
+
+
+def _publish_log(run: Path, figures: Path) -> Path | None:
+    """The committed run's ``pipeline.log`` (each stage's start, end and seconds) beside its figures, so the
+    run time the docs quote can be checked in the repository."""
+    if figures.resolve().is_relative_to(run.resolve()) or not (run / "pipeline.log").exists():
+        return None
+    out = figures / "pipeline.log"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(repo_relative((run / "pipeline.log").read_text(encoding="utf-8")), encoding="utf-8")
     return out
 
 

@@ -136,18 +136,9 @@ def _norm_at(norms, layer: int) -> float:
     return scale
 
 
-@contextmanager
-def steer(model, vector, layers: Sequence[int] | int, strength: float,
-          norms: Mapping[int, float] | Sequence[float] | torch.Tensor | float | None = None,
-          scope: Scope = "all") -> Iterator[dict]:
-    """Add ``strength * norm[L] * unit(vector)`` to the output of each block ``L`` in ``layers``.
-
-    ``vector`` is one ``[width]`` direction for all layers, a ``[len(layers), width]`` tensor, or
-    a dict ``layer -> [width]``. ``norms`` gives the mean residual norm per layer: a dict, a
-    sequence/tensor indexed by layer number, or one float; ``None`` means 1 (``strength`` then is
-    in raw activation units). Yields a small dict with the per-layer deltas, for inspection.
-    """
-    blocks = find_layers(model)
+def layer_deltas(model, vector, layers: Sequence[int] | int, strength: float,
+                 norms: Mapping[int, float] | Sequence[float] | torch.Tensor | float | None = None) -> dict[int, torch.Tensor]:
+    """``layer -> strength * norm[L] * unit(vector[L])`` (float32 ``[width]``): what :func:`steer` adds."""
     idx = _resolve_layers(model, layers)
     vecs = _as_layer_map(vector, idx)
     width = int(model.config.hidden_size)
@@ -158,6 +149,14 @@ def steer(model, vector, layers: Sequence[int] | int, strength: float,
         if v.shape[-1] != width:
             raise ValueError(f"Steering vector has width {v.shape[-1]} but the model's residual stream has width {width}.")
         deltas[layer] = strength * _norm_at(norms, layer) * unit(v)
+    return deltas
+
+
+@contextmanager
+def _added(model, deltas: Mapping[int, torch.Tensor], scope: Scope) -> Iterator[None]:
+    """Hooks adding ``deltas[L]`` to block ``L``'s output on the positions of ``scope``: a ``[width]``
+    delta goes to every row, a ``[rows, width]`` delta row by row (one condition per batch row)."""
+    blocks = find_layers(model)
     tracker = _PositionTracker()
     placed = {layer: PerDevice(d) for layer, d in deltas.items()}  # moved to each block's device once
 
@@ -165,6 +164,10 @@ def steer(model, vector, layers: Sequence[int] | int, strength: float,
         def hook(_module, _args, output):
             h = _block_output(output)
             d = placed[layer].like(h)
+            if d.dim() == 2:
+                if d.shape[0] != h.shape[0]:
+                    raise ValueError(f"{d.shape[0]} per-row steering deltas for a batch of {h.shape[0]} rows.")
+                d = d.unsqueeze(1)
             m = tracker.scope_mask(scope, h.shape[0], h.device)
             new = h + d if m is None else h + m.to(h.dtype) * d
             if isinstance(output, tuple):
@@ -178,12 +181,28 @@ def steer(model, vector, layers: Sequence[int] | int, strength: float,
     handles = []
     try:
         handles.append(base_model(model).register_forward_pre_hook(tag(pre_hook), with_kwargs=True))
-        for layer in idx:
+        for layer in deltas:
             handles.append(blocks[layer].register_forward_hook(tag(make_hook(layer))))
-        yield {"deltas": deltas, "layers": idx, "scope": scope}
+        yield
     finally:
         for handle in handles:
             handle.remove()
+
+
+@contextmanager
+def steer(model, vector, layers: Sequence[int] | int, strength: float,
+          norms: Mapping[int, float] | Sequence[float] | torch.Tensor | float | None = None,
+          scope: Scope = "all") -> Iterator[dict]:
+    """Add ``strength * norm[L] * unit(vector)`` to the output of each block ``L`` in ``layers``.
+
+    ``vector`` is one ``[width]`` direction for all layers, a ``[len(layers), width]`` tensor, or
+    a dict ``layer -> [width]``. ``norms`` gives the mean residual norm per layer: a dict, a
+    sequence/tensor indexed by layer number, or one float; ``None`` means 1 (``strength`` then is
+    in raw activation units). Yields a small dict with the per-layer deltas, for inspection.
+    """
+    deltas = layer_deltas(model, vector, layers, strength, norms)
+    with _added(model, deltas, scope):
+        yield {"deltas": deltas, "layers": list(deltas), "scope": scope}
 
 
 @dataclass(frozen=True)
@@ -217,6 +236,32 @@ class Steering:
                 stack.enter_context(steer(model, self.vector, list(self.layers), self.strength, norms=self.norms,
                                           scope=scope))
             yield
+
+    def deltas(self, model) -> dict[int, torch.Tensor]:
+        """``layer -> [width]`` float32 vectors this condition adds (see :func:`layer_deltas`)."""
+        return layer_deltas(model, self.vector, list(self.layers), self.strength, self.norms)
+
+
+@contextmanager
+def steer_rows(model, steerings: Sequence[Steering | None], scope: Scope = "all") -> Iterator[None]:
+    """Row ``i`` of every batch inside the block is steered by ``steerings[i]`` (None: not steered).
+
+    Many conditions in one forward pass: a sweep over 171 emotions and their controls costs a few
+    large batches instead of hundreds of small ones. Conditions may use different layers; a row
+    gets zeros at the layers its condition does not touch. ``scope`` is shared by all rows.
+    """
+    per = [s.deltas(model) if s is not None else {} for s in steerings]
+    layers = sorted({layer for d in per for layer in d})
+    width = int(model.config.hidden_size)
+    stacked = {}
+    for layer in layers:
+        rows = torch.zeros(len(per), width)
+        for i, d in enumerate(per):
+            if layer in d:
+                rows[i] = d[layer]
+        stacked[layer] = rows
+    with _added(model, stacked, scope):
+        yield
 
 
 def apply_steering(model, steering: Steering | None, scopes: Sequence[Scope] = ("all",)):

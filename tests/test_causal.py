@@ -194,10 +194,11 @@ def tiny_vectors(tiny):
 def test_strength_zero_leaves_every_score_unchanged(tiny, tiny_vectors):
     model, tok = tiny
     ev = tiny_vectors
-    # feelings: every log-prob change is exactly zero
+    # feelings: every log-prob change is zero up to float32 rounding (conditions share a batch, where
+    # rows of different widths round differently)
     fr = feelings.feelings_matrices(model, tok, ev, ev.emotions, strength=0.0, prompts=["he_feels", "i_feel"],
                                     n_random=1)
-    assert all(np.all(np.asarray(fr.delta[p]) == 0) for p in fr.prompts)
+    assert all(np.abs(np.asarray(fr.delta[p])).max() < 1e-5 for p in fr.prompts)
     # preferences: steered re-scoring at 0 reproduces the baseline bit for bit
     texts = [a["text"] for a in preferences.load_activities()[:6]]
     items = preferences.pair_items(tok, texts, preferences.pair_design(6, None))

@@ -55,6 +55,18 @@ def test_runs_in_order_then_skips_then_forces(setup):
     assert "up to date" in log and f"{STAGES[1]}: ok in" in log
 
 
+def test_a_run_with_figures_outside_publishes_its_notebooks_and_log(setup):
+    tmp, nbs, profs = setup
+    figs = tmp / "figs"
+    _run(tmp, nbs, profs, figures=figs)
+    assert (figs / "notebooks" / f"{STAGES[0]}.ipynb").exists()
+    log = (figs / "pipeline.log").read_text()
+    assert f"{STAGES[1]}: ok in" in log and str(tmp) not in log
+    # a run whose figures live inside the run folder publishes nothing
+    _run(tmp, nbs, profs, force=True)
+    assert not (tmp / "run" / "figures" / "pipeline.log").exists()
+
+
 def test_changed_parameter_reruns_that_stage_and_downstream(setup):
     tmp, nbs, profs = setup
     _run(tmp, nbs, profs)

@@ -59,7 +59,8 @@ def test_zero_strength_is_no_shift_and_a_real_push_moves_the_read_out(tiny):
     vec = _vectors()
     rep = sr.run_self_report(model, tok, vec, ["happy", "sad"], window=1.0, multiples=[0.0, 3.0], layer=2,
                              n_random=2, prompt_ids=["i_feel", "she_feels"])
-    assert np.abs(rep.valence["0.0"]).max() == 0 and np.abs(rep.random_arousal["0.0"]).max() == 0
+    # zero up to float32 rounding: conditions run side by side, and a batch of another size rounds differently
+    assert np.abs(rep.valence["0.0"]).max() < 1e-5 and np.abs(rep.random_arousal["0.0"]).max() < 1e-5
     assert np.abs(rep.valence["3.0"]).max() > 1e-3
     assert rep.valence["3.0"].shape == (2, 2) and rep.random_valence["3.0"].shape == (2, 2)
 

@@ -27,7 +27,7 @@ import torch
 from emolib.chat import ChatPrompt, build_prompt, continuation_ids
 from emolib.steering import Steering, apply_steering
 from emolib.study.controls import RandomSpread, random_directions, random_labels
-from emolib.study.scoring import sequence_logprobs
+from emolib.study.scoring import conditions_logprobs, sequence_logprobs
 
 
 @dataclass(frozen=True)
@@ -143,9 +143,9 @@ def diagonal_summary(delta: np.ndarray, emotions: Sequence[str], words: Sequence
 def feelings_matrices(model, tokenizer, vectors, emotions: Sequence[str], words: Sequence[str] | None = None,
                       strength: float = 0.5, layers: Sequence[int] | int | None = None,
                       prompts: Sequence[str] = ("he_feels", "i_feel", "what_happened"), n_random: int = 3,
-                      seed: int = 0, system: str | None = None, batch_size: int = 16) -> FeelingsResult:
+                      seed: int = 0, system: str | None = None, rows: int = 64) -> FeelingsResult:
     """Steer with each emotion (and ``n_random`` random directions) at ``strength``; read every
-    word's log-prob change after each prompt."""
+    word's log-prob change after each prompt (``rows`` conditions side by side per forward pass)."""
     words = list(words) if words is not None else list(emotions)
     steerings = [vectors.steering(e, strength, layers=layers) for e in emotions]
     lay = steerings[0].layers
@@ -157,13 +157,13 @@ def feelings_matrices(model, tokenizer, vectors, emotions: Sequence[str], words:
     n_tok: list[int] = []
     for name in prompts:
         fp = FEELING_PROMPTS[name]
-        prompt, _ = prompt_and_scope(tokenizer, fp, system)
-        if not n_tok:
-            n_tok = [len(c) for c in word_ids(tokenizer, prompt, words)]
-        b = word_logprobs(model, tokenizer, fp, words, None, system, batch_size)
-        rows = [(word_logprobs(model, tokenizer, fp, words, st, system, batch_size) - b).numpy() for st in steerings]
-        base[name] = b.tolist()
-        delta[name] = np.stack(rows)
+        prompt, span = prompt_and_scope(tokenizer, fp, system)
+        conts = word_ids(tokenizer, prompt, words)
+        n_tok = n_tok or [len(c) for c in conts]
+        # the baseline and every steered condition side by side, sharing the unsteered prefix
+        lp = conditions_logprobs(model, prompt.ids, span, [None] + steerings, conts, rows).numpy()
+        base[name] = lp[0].tolist()
+        delta[name] = lp[1:] - lp[0]
     return FeelingsResult(prompts=list(prompts), words=words, directions=[s.label for s in steerings], kinds=kinds,
                           strength=float(strength), layers=lay, base=base, delta=delta, n_word_tokens=n_tok)
 

@@ -19,6 +19,7 @@ at the end -- and each of those has a trap worth fixing once:
 
 from __future__ import annotations
 
+import copy
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import torch
 from emolib.capture import pad_id_of, pad_left
 from emolib.chat import ChatPrompt, build_prompt, continuation_ids
 from emolib.models import base_model, model_device
-from emolib.steering import Steering, apply_steering
+from emolib.steering import Steering, apply_steering, steer_rows
 
 
 @dataclass(frozen=True)
@@ -149,6 +150,73 @@ def last_token_logits(model, tokenizer, prompts: Sequence[Sequence[int]], steeri
             for j, i in enumerate(rows):
                 rows_out[i] = logits[j]
     return torch.stack(rows_out)  # type: ignore[arg-type]
+
+
+def conditions_logprobs(model, prompt: Sequence[int], span: tuple[int, int], steerings: Sequence[Steering | None],
+                        continuations: Sequence[Sequence[int]], rows: int = 64) -> torch.Tensor:
+    """``[len(steerings), len(continuations)]``: log-probability of each continuation (its tokens' log-probs
+    summed, full-vocabulary softmax) after one ``prompt``, under each steering in turn, applied to the
+    prompt positions ``[span[0], span[1])``; None is the unsteered baseline. The continuation itself is
+    not steered, as in :func:`sequence_logprobs` with the same span.
+
+    Why not :func:`last_token_logits` once per condition: a sweep (171 emotions x strengths x random
+    and shuffled controls) asks the same few prompts hundreds of times, and everything before
+    ``span[0]`` (system and user turn) is the same in every condition. So that prefix runs once, its
+    key/value cache is shared, and only the steered tail (the assistant header and prefill, a handful
+    of tokens) runs, ``rows`` at a time side by side, one condition per batch row
+    (:func:`emolib.steering.steer_rows`). One row per condition reads every one-token continuation at
+    the last position; a continuation of several tokens gets a row of its own per condition. The
+    result equals steering each condition alone up to floating-point rounding (tested); compare
+    conditions with a baseline from this same function.
+    """
+    start, stop = int(span[0]), int(span[1])
+    prompt = list(prompt)
+    conts = [list(c) for c in continuations]
+    if not 0 <= start < stop <= len(prompt):
+        raise ValueError(f"Steering span {span} does not lie inside the prompt's {len(prompt)} tokens.")
+    if any(len(c) == 0 for c in conts):
+        raise ValueError("An empty continuation has no probability to read.")
+    single = [j for j, c in enumerate(conts) if len(c) == 1]
+    multi = [j for j, c in enumerate(conts) if len(c) > 1]
+    first = torch.as_tensor([conts[j][0] for j in single], dtype=torch.long)
+    # one row per (condition, None = the last position; j = continuation j's own row)
+    specs = [(s, j) for s in range(len(steerings)) for j in ([None] if single else []) + multi]
+    tail = prompt[start:]
+    dev = model_device(model)
+    base, head = base_model(model), model.get_output_embeddings()
+    out = torch.zeros(len(steerings), len(conts))
+    prefix_cache = None
+    with torch.inference_mode():
+        if start > 0:
+            ids = torch.tensor([prompt[:start]], device=dev)
+            pre = base(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
+            prefix_cache = getattr(pre, "cache", None) or getattr(pre, "past_key_values", None)
+        for lo in range(0, len(specs), rows):
+            chunk = specs[lo:lo + rows]
+            seqs = [tail + (conts[j][:-1] if j is not None else []) for _, j in chunk]
+            width = max(len(q) for q in seqs)
+            # right padding: causal attention keeps the pads out of every position that is read
+            ids = torch.tensor([q + [q[-1]] * (width - len(q)) for q in seqs], device=dev)
+            cache = None
+            if prefix_cache is not None:
+                cache = copy.deepcopy(prefix_cache)
+                cache.batch_repeat_interleave(len(chunk))
+            mask = torch.ones(len(chunk), start + width, dtype=torch.long, device=dev)
+            with steer_rows(model, [steerings[s] for s, _ in chunk], scope=(start, stop)):
+                h = base(input_ids=ids, attention_mask=mask, cache=cache, use_cache=cache is not None)
+            h = h.last_hidden_state if hasattr(h, "last_hidden_state") else h[0]
+            main = [r for r, (_, j) in enumerate(chunk) if j is None]
+            if main:  # one LM-head call for every condition's last position
+                lp = torch.log_softmax(head(h[main, len(tail) - 1]).float(), dim=-1).cpu()
+                conds = torch.as_tensor([chunk[r][0] for r in main])
+                out[conds.unsqueeze(1), torch.as_tensor(single).unsqueeze(0)] = lp[:, first]
+            for r, (s, j) in enumerate(chunk):
+                if j is not None:
+                    k = len(conts[j])
+                    pos = torch.arange(len(tail) - 1, len(tail) - 1 + k, device=h.device)
+                    lp = torch.log_softmax(head(h[r, pos]).float(), dim=-1).cpu()
+                    out[s, j] = lp[torch.arange(k), torch.as_tensor(conts[j])].sum()
+    return out
 
 
 def option_logprobs(logits: torch.Tensor, token_ids: Sequence[Sequence[int]]) -> torch.Tensor:

@@ -36,7 +36,7 @@ import torch
 from emolib.chat import ChatPrompt, build_prompt, continuation_ids
 from emolib.steering import Steering
 from emolib.study.controls import RandomSpread, random_directions
-from emolib.study.scoring import last_token_logits, sequence_logprobs
+from emolib.study.scoring import conditions_logprobs
 
 
 @cache
@@ -79,30 +79,23 @@ def make_readout(tokenizer, prompt_ids: Sequence[str] | None = None) -> Readout:
                    words=words, word_ids=wids, sets=sets)
 
 
-def word_logprobs(model, tokenizer, ro: Readout, steering: Steering | None, batch_size: int = 16) -> np.ndarray:
-    """``[prompts, words]`` log-probabilities of every list word after every prompt, under ``steering``.
+def word_logprobs_many(model, ro: Readout, steerings: Sequence[Steering | None], rows: int = 64) -> np.ndarray:
+    """``[steerings, prompts, words]`` log-probabilities of every list word after every prompt, under each
+    steering (None: unsteered), the steering on each prompt's span.
 
-    One forward pass per prompt gives every single-token word; a word of several tokens adds the
-    log-probabilities of its later tokens (one sequence each), so it counts with its full probability.
+    A word of several tokens counts with its full probability (its tokens' log-probs summed). All
+    conditions of a prompt share one pass over the unsteered prefix and run side by side, ``rows``
+    per batch (:func:`emolib.study.scoring.conditions_logprobs`).
     """
-    logits = last_token_logits(model, tokenizer, [p.ids for p in ro.prompts], steering,
-                               scopes=lambda i: (ro.spans[i],), batch_size=batch_size)
-    lp = torch.log_softmax(logits.float(), dim=-1)
-    out = np.zeros((len(ro.prompts), len(ro.words)))
-    multi = []
-    for i, row in enumerate(ro.word_ids):
-        for j, ids in enumerate(row):
-            out[i, j] = float(lp[i, ids[0]])
-            if len(ids) > 1:
-                multi.append((i, j))
-    if multi:
-        prompts = [ro.prompts[i].ids + ro.word_ids[i][j][:1] for i, j in multi]
-        rest = [ro.word_ids[i][j][1:] for i, j in multi]
-        extra = sequence_logprobs(model, tokenizer, prompts, rest, steering,
-                                  scopes=lambda k: (ro.spans[multi[k][0]],), batch_size=batch_size)
-        for (i, j), v in zip(multi, extra.tolist()):
-            out[i, j] += v
+    out = np.zeros((len(steerings), len(ro.prompts), len(ro.words)))
+    for i, prompt in enumerate(ro.prompts):
+        out[:, i] = conditions_logprobs(model, prompt.ids, ro.spans[i], steerings, ro.word_ids[i], rows).numpy()
     return out
+
+
+def word_logprobs(model, tokenizer, ro: Readout, steering: Steering | None, rows: int = 64) -> np.ndarray:
+    """``[prompts, words]`` log-probabilities of every list word after every prompt, under one ``steering``."""
+    return word_logprobs_many(model, ro, [steering], rows)[0]
 
 
 def log_odds(lp: np.ndarray, plus: Sequence[int], minus: Sequence[int]) -> np.ndarray:
@@ -113,18 +106,16 @@ def log_odds(lp: np.ndarray, plus: Sequence[int], minus: Sequence[int]) -> np.nd
 
 
 def shifts(model, tokenizer, ro: Readout, steerings: Sequence[Steering], baseline: np.ndarray | None = None,
-           batch_size: int = 16, progress=None) -> dict[str, np.ndarray]:
-    """Per steering, the valence and arousal log-odds shift per prompt: ``{"valence": [S, P], "arousal": [S, P]}``."""
-    base = word_logprobs(model, tokenizer, ro, None, batch_size) if baseline is None else baseline
-    b = {k: log_odds(base, *ro.sets[k]) for k in ro.sets}
-    out = {k: np.zeros((len(steerings), len(ro.prompts))) for k in ro.sets}
-    for s, st in enumerate(steerings):
-        lp = word_logprobs(model, tokenizer, ro, st, batch_size)
-        for k in ro.sets:
-            out[k][s] = log_odds(lp, *ro.sets[k]) - b[k]
-        if progress is not None:
-            progress(s + 1, len(steerings))
-    return out
+           rows: int = 64) -> dict[str, np.ndarray]:
+    """Per steering, the valence and arousal log-odds shift per prompt: ``{"valence": [S, P], "arousal": [S, P]}``.
+
+    ``baseline`` (``[prompts, words]`` from :func:`word_logprobs` with no steering) is computed when
+    not given; it must come from the same batched path as the steered conditions, so a zero
+    strength gives a zero shift."""
+    base = word_logprobs(model, tokenizer, ro, None, rows) if baseline is None else baseline
+    lp = word_logprobs_many(model, ro, steerings, rows)
+    return {k: log_odds(lp.reshape(-1, lp.shape[-1]), *ro.sets[k]).reshape(lp.shape[:2]) - log_odds(base, *ro.sets[k])
+            for k in ro.sets}
 
 
 def shuffled_label_directions(x: torch.Tensor, labels: Sequence[str], n: int, pca=None, layer: int | None = None,
@@ -179,26 +170,26 @@ class SelfReport:
 
 def run_self_report(model, tokenizer, vectors, emotions: Sequence[str], window: float, multiples: Sequence[float],
                     layer: int, n_random: int = 20, shuffled: torch.Tensor | None = None, seed: int = 0,
-                    batch_size: int = 16, prompt_ids: Sequence[str] | None = None, progress=None) -> SelfReport:
+                    rows: int = 64, prompt_ids: Sequence[str] | None = None) -> SelfReport:
     """Shifts for each emotion vector, ``n_random`` random directions and the ``shuffled`` label-shuffled
-    directions, at ``multiples`` x ``window`` (x the mean residual norm) at ``layer``."""
+    directions, at ``multiples`` x ``window`` (x the mean residual norm) at ``layer``; ``rows`` conditions
+    run side by side in one forward pass."""
     ro = make_readout(tokenizer, prompt_ids)
-    base = word_logprobs(model, tokenizer, ro, None, batch_size)
+    base = word_logprobs(model, tokenizer, ro, None, rows)
     rand = random_directions(vectors.width, n_random, seed + 7)
     res = {k: {} for k in ("valence", "arousal", "random_valence", "random_arousal", "shuffled_valence",
                            "shuffled_arousal")}
     for m in multiples:
         s = float(m) * window
         st = [vectors.steering(e, s, layers=layer) for e in emotions]
-        sh = shifts(model, tokenizer, ro, st, base, batch_size,
-                    progress=(lambda i, n, m=m: progress(f"x{m}: {i}/{n}")) if progress else None)
+        sh = shifts(model, tokenizer, ro, st, base, rows)
         res["valence"][str(m)], res["arousal"][str(m)] = sh["valence"], sh["arousal"]
         sr = shifts(model, tokenizer, ro, [vectors.steering(r, s, layers=layer, label="random") for r in rand], base,
-                    batch_size)
+                    rows)
         res["random_valence"][str(m)], res["random_arousal"][str(m)] = sr["valence"], sr["arousal"]
         if shuffled is not None and len(shuffled):
             ss = shifts(model, tokenizer, ro, [vectors.steering(d, s, layers=layer, label="shuffled") for d in shuffled],
-                        base, batch_size)
+                        base, rows)
             res["shuffled_valence"][str(m)], res["shuffled_arousal"][str(m)] = ss["valence"], ss["arousal"]
     return SelfReport(emotions=list(emotions), strengths=[float(m) for m in multiples], window=float(window),
                       layer=int(layer), prompts=ro.ids, person=ro.person, **res)
@@ -233,16 +224,16 @@ def statistics(rep: SelfReport, ratings: dict[str, np.ndarray], n_boot: int = 20
 
 
 def dose_response(model, tokenizer, vectors, emotions: Sequence[str], window: float, multiples: Sequence[float],
-                  layer: int, batch_size: int = 16, prompt_ids: Sequence[str] | None = None) -> dict[str, Any]:
+                  layer: int, rows: int = 64, prompt_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """Valence and arousal shift of each emotion at each strength (the working 12's dose-response curves)."""
     ro = make_readout(tokenizer, prompt_ids)
-    base = word_logprobs(model, tokenizer, ro, None, batch_size)
+    base = word_logprobs(model, tokenizer, ro, None, rows)
     curves = {"valence": np.zeros((len(emotions), len(multiples))), "arousal": np.zeros((len(emotions), len(multiples)))}
     for j, m in enumerate(multiples):
         if m == 0:
             continue
         sh = shifts(model, tokenizer, ro, [vectors.steering(e, m * window, layers=layer) for e in emotions], base,
-                    batch_size)
+                    rows)
         for k in curves:
             curves[k][:, j] = sh[k].mean(axis=1)
     return {"emotions": list(emotions), "multiples": [float(m) for m in multiples], "window": window, "layer": layer,
@@ -251,7 +242,7 @@ def dose_response(model, tokenizer, vectors, emotions: Sequence[str], window: fl
 
 def layer_check(model, tokenizer, vectors, emotions: Sequence[str], window: float, multiple: float,
                 layers: Sequence[int], ratings: dict[str, np.ndarray], n_random: int = 10, seed: int = 0,
-                batch_size: int = 16, prompt_ids: Sequence[str] | None = None) -> dict[str, Any]:
+                rows: int = 64, prompt_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """r(valence shift, human valence) and r(arousal shift, human arousal) at several layers (one strength).
 
     The window was measured at the default layer; at other layers the same multiple of each layer's
@@ -259,14 +250,14 @@ def layer_check(model, tokenizer, vectors, emotions: Sequence[str], window: floa
     from emolib.stats import pearson
 
     ro = make_readout(tokenizer, prompt_ids)
-    base = word_logprobs(model, tokenizer, ro, None, batch_size)
+    base = word_logprobs(model, tokenizer, ro, None, rows)
     rand = random_directions(vectors.width, n_random, seed + 11)
     out = {}
     for layer in layers:
         s = multiple * window
-        sh = shifts(model, tokenizer, ro, [vectors.steering(e, s, layers=layer) for e in emotions], base, batch_size)
+        sh = shifts(model, tokenizer, ro, [vectors.steering(e, s, layers=layer) for e in emotions], base, rows)
         rr = shifts(model, tokenizer, ro, [vectors.steering(r, s, layers=layer, label="random") for r in rand], base,
-                    batch_size)
+                    rows)
         row = {}
         for k in ("valence", "arousal"):
             shift = sh[k].mean(axis=1)
@@ -387,7 +378,7 @@ def rows(stats: dict[str, Any], dose: dict[str, Any] | None, layers: dict[str, A
 
 
 def cluster_feelings(model, tokenizer, vectors, strength: float, layer: int, n_random: int = 20, seed: int = 0,
-                     batch_size: int = 16, user: str = "How does he feel?", prefill: str = "He feels") -> dict[str, Any]:
+                     rows: int = 64, user: str = "How does he feel?", prefill: str = "He feels") -> dict[str, Any]:
     """A 10 x 10 matrix: steering with each paper cluster's direction (the normalised mean of its members'
     unit vectors) against the log-probability mass of each cluster's emotion words after "He feels".
 
@@ -411,18 +402,19 @@ def cluster_feelings(model, tokenizer, vectors, strength: float, layer: int, n_r
     ro = Readout(prompts=[prompt], ids=["he_feels"], person=["third"], spans=[span], words=words, word_ids=[conts],
                  sets={})
 
-    def masses(st):
-        lp = word_logprobs(model, tokenizer, ro, st, batch_size)[0]
-        return np.array([logsumexp(lp[col[c]]) for c in names])
+    def masses(steerings):  # [conditions, clusters]
+        lp = word_logprobs_many(model, ro, steerings, rows)[:, 0]
+        return np.stack([logsumexp(lp[:, col[c]], axis=1) for c in names], axis=1)
 
-    base = masses(None)
     dirs = []
     for c in names:
         u = torch.stack([vectors.vector(e, layer) / vectors.vector(e, layer).norm() for e in clusters[c]]).mean(0)
         dirs.append(u)
-    delta = np.stack([masses(vectors.steering(d, strength, layers=layer, label=c)) - base for d, c in zip(dirs, names)])
     rand = random_directions(vectors.width, n_random, seed + 3)
-    rdelta = np.stack([masses(vectors.steering(r, strength, layers=layer, label="random")) - base for r in rand])
+    conds = ([None] + [vectors.steering(d, strength, layers=layer, label=c) for d, c in zip(dirs, names)]
+             + [vectors.steering(r, strength, layers=layer, label="random") for r in rand])
+    m = masses(conds)
+    base, delta, rdelta = m[0], m[1:1 + len(names)] - m[0], m[1 + len(names):] - m[0]
     wins = [c for j, c in enumerate(names) if int(np.argmax(delta[:, j])) == j]
     beats = [c for j, c in enumerate(names) if delta[j, j] > rdelta[:, j].max()]
     return {"clusters": names, "sizes": [len(clusters[c]) for c in names], "strength": strength, "layer": layer,
@@ -472,34 +464,40 @@ def choice_items(tokenizer, n_pairs: int = 8, seed: int = 0):
     return items, pleasant_first
 
 
-def p_pleasant(model, tokenizer, items, pleasant_first: np.ndarray, steering: Steering | None,
-               batch_size: int = 16) -> float:
-    """Mean probability of choosing the pleasant activity, steering on the assistant turn (the decision)."""
-    from emolib.study.scoring import option_logprobs, option_probs
+def p_pleasant_many(model, items, pleasant_first: np.ndarray, steerings: Sequence[Steering | None],
+                    rows: int = 64) -> np.ndarray:
+    """``[steerings]``: mean probability of choosing the pleasant activity under each steering (None:
+    unsteered), the steering on the assistant turn (the decision); all conditions of an item side by side."""
+    from emolib.study.scoring import option_probs
 
-    prompts = [it.prompt.ids for it in items]
-    scopes = [(it.prompt.spans["assistant"][0], len(it.prompt.ids)) for it in items]
-    logits = last_token_logits(model, tokenizer, prompts, steering, scopes=lambda i: (scopes[i],), batch_size=batch_size)
-    probs, _ = option_probs(option_logprobs(logits, [it.token_ids for it in items]))
-    p_first = probs[:, 0].numpy()
-    return float(np.mean(np.where(pleasant_first, p_first, 1 - p_first)))
+    p_first = np.zeros((len(steerings), len(items)))
+    for k, it in enumerate(items):
+        span = (it.prompt.spans["assistant"][0], len(it.prompt.ids))
+        lp = conditions_logprobs(model, it.prompt.ids, span, steerings, [[t] for t in it.token_ids], rows)
+        p_first[:, k] = option_probs(lp)[0][:, 0].numpy()
+    return np.where(pleasant_first, p_first, 1 - p_first).mean(axis=1)
+
+
+def p_pleasant(model, tokenizer, items, pleasant_first: np.ndarray, steering: Steering | None,
+               rows: int = 64) -> float:
+    """Mean probability of choosing the pleasant activity under one ``steering``."""
+    return float(p_pleasant_many(model, items, pleasant_first, [steering], rows)[0])
 
 
 def valence_choice(model, tokenizer, vectors, emotions: Sequence[str], ratings: np.ndarray, strength: float,
                    layer: int, n_pairs: int = 8, n_random: int = 20, n_boot: int = 2000, seed: int = 0,
-                   batch_size: int = 16) -> dict[str, Any]:
+                   rows: int = 64) -> dict[str, Any]:
     """Does steering toward an emotion move P(choose the pleasant activity) with that emotion's valence?
 
     The slope of the change in P(pleasant) on human valence across emotions (least squares, with a
     bootstrap CI over emotions), beside the spread of the change under random directions.
     """
     items, pf = choice_items(tokenizer, n_pairs, seed)
-    base = p_pleasant(model, tokenizer, items, pf, None, batch_size)
-    d = np.array([p_pleasant(model, tokenizer, items, pf, vectors.steering(e, strength, layers=layer), batch_size) - base
-                  for e in emotions])
     rand = random_directions(vectors.width, n_random, seed + 5)
-    rd = np.array([p_pleasant(model, tokenizer, items, pf, vectors.steering(r, strength, layers=layer, label="random"),
-                              batch_size) - base for r in rand])
+    conds = ([None] + [vectors.steering(e, strength, layers=layer) for e in emotions]
+             + [vectors.steering(r, strength, layers=layer, label="random") for r in rand])
+    p = p_pleasant_many(model, items, pf, conds, rows)
+    base, d, rd = float(p[0]), p[1:1 + len(emotions)] - p[0], p[1 + len(emotions):] - p[0]
     y = np.asarray(ratings, float)
     ok = np.isfinite(y)
     slope = float(np.polyfit(y[ok], d[ok], 1)[0])
