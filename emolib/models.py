@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -243,6 +244,31 @@ def cpu_has_native_bf16() -> bool:
         return any(bool(check()) for check in checks if check is not None)
     except RuntimeError:  # a torch build without the cpuinfo probes
         return False
+
+
+@contextmanager
+def computing_in(model, dtype: str | torch.dtype | None):
+    """Run ``model`` in ``dtype`` inside the block (its weights converted in place), then convert it
+    back. None, or the model's own dtype, changes nothing.
+
+    Why: bfloat16 halves the run time, but it rounds each logit to about 3 significant digits. Read-outs
+    whose effects are a percent of probability (a forced choice between two letters) sit at that
+    rounding's size, so they run in float32 while the rest of the stage stays fast. bfloat16 ->
+    float32 -> bfloat16 is exact: the model leaves the block bit for bit as it came in (tested).
+    """
+    if dtype is None:
+        yield model
+        return
+    want = _pick_dtype(dtype, "cpu") if isinstance(dtype, str) else dtype
+    have = next(model.parameters()).dtype
+    if want == have:
+        yield model
+        return
+    model.to(dtype=want)
+    try:
+        yield model
+    finally:
+        model.to(dtype=have)
 
 
 def _pick_device_map(device: str | None, device_map: str | dict | None) -> str | dict | None:

@@ -100,3 +100,26 @@ def test_run_provenance_ignores_the_figures_a_run_rewrites(tmp_path, monkeypatch
     assert not report.commit().endswith("+uncommitted")
     (tmp_path / "code.py").write_text("x = 2\n")  # a change to the code it ran
     assert report.commit().endswith("+uncommitted")
+
+
+def test_computing_in_float32_returns_the_model_bit_for_bit():
+    from emolib.models import computing_in, tiny_model
+
+    model, tok = tiny_model(seed=3)
+    model.to(dtype=torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    ids = torch.tensor([tok("How do you feel today?")["input_ids"]])
+    with torch.inference_mode():
+        low = model(input_ids=ids).logits.float()
+        with computing_in(model, "float32"):
+            assert next(model.parameters()).dtype == torch.float32
+            high = model(input_ids=ids).logits
+        again = model(input_ids=ids).logits.float()
+    assert all(v.dtype == torch.bfloat16 and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert torch.equal(low, again)
+    assert not torch.equal(low, high) and torch.allclose(low, high, atol=0.1)  # really computed in float32
+    with computing_in(model, None), computing_in(model, torch.bfloat16):  # no-ops
+        assert next(model.parameters()).dtype == torch.bfloat16
+    with pytest.raises(RuntimeError), computing_in(model, "float32"):
+        raise RuntimeError("interrupted")
+    assert next(model.parameters()).dtype == torch.bfloat16  # converted back after an exception too
