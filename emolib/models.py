@@ -254,21 +254,30 @@ def computing_in(model, dtype: str | torch.dtype | None):
     Why: bfloat16 halves the run time, but it rounds each logit to about 3 significant digits. Read-outs
     whose effects are a percent of probability (a forced choice between two letters) sit at that
     rounding's size, so they run in float32 while the rest of the stage stays fast. bfloat16 ->
-    float32 -> bfloat16 is exact: the model leaves the block bit for bit as it came in (tested).
+    float32 -> bfloat16 is exact, and every parameter and buffer gets back its *own* dtype: a model
+    loaded in bfloat16 keeps its rotary frequencies in float32, and a blanket ``model.to(bfloat16)``
+    on the way out would round them and change every later result. The model leaves the block bit
+    for bit as it came in, buffers included (tested).
     """
     if dtype is None:
         yield model
         return
     want = _pick_dtype(dtype, "cpu") if isinstance(dtype, str) else dtype
-    have = next(model.parameters()).dtype
-    if want == have:
+    if all(p.dtype == want for p in model.parameters()):
         yield model
         return
+    params = {name: p.dtype for name, p in model.named_parameters()}
+    buffers = {name: b.dtype for name, b in model.named_buffers()}
     model.to(dtype=want)
     try:
         yield model
     finally:
-        model.to(dtype=have)
+        for name, p in model.named_parameters():
+            p.data = p.data.to(params[name])
+        for name, b in model.named_buffers():
+            if b.dtype != buffers[name]:
+                owner, _, leaf = name.rpartition(".")
+                model.get_submodule(owner)._buffers[leaf] = b.to(buffers[name])
 
 
 def _pick_device_map(device: str | None, device_map: str | dict | None) -> str | dict | None:

@@ -106,8 +106,11 @@ def test_computing_in_float32_returns_the_model_bit_for_bit():
     from emolib.models import computing_in, tiny_model
 
     model, tok = tiny_model(seed=3)
-    model.to(dtype=torch.bfloat16)
+    for prm in model.parameters():  # as loaded in bfloat16: weights bfloat16, rotary buffers float32
+        prm.data = prm.data.to(torch.bfloat16)
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    buffers = {k: v.clone() for k, v in model.named_buffers()}
+    assert any(v.dtype == torch.float32 for v in buffers.values())
     ids = torch.tensor([tok("How do you feel today?")["input_ids"]])
     with torch.inference_mode():
         low = model(input_ids=ids).logits.float()
@@ -115,7 +118,8 @@ def test_computing_in_float32_returns_the_model_bit_for_bit():
             assert next(model.parameters()).dtype == torch.float32
             high = model(input_ids=ids).logits
         again = model(input_ids=ids).logits.float()
-    assert all(v.dtype == torch.bfloat16 and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(v.dtype == before[k].dtype and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(v.dtype == buffers[k].dtype and torch.equal(v, buffers[k]) for k, v in model.named_buffers())
     assert torch.equal(low, again)
     assert not torch.equal(low, high) and torch.allclose(low, high, atol=0.1)  # really computed in float32
     with computing_in(model, None), computing_in(model, torch.bfloat16):  # no-ops
