@@ -1,6 +1,7 @@
 """Benchmark: steering conditions one at a time vs side by side (the stage-06 sweeps).
 
     .venv/bin/python benchmarks/bench_conditions.py [--emotions 57] [--rows 64] [--dtype auto] [--run runs/default]
+    .venv/bin/python benchmarks/bench_conditions.py --choices [--dtype bfloat16|float32]
 
 Stage 06 asks the same few prompts (self-report: 6 prompts of about 45 tokens) under hundreds of
 steering conditions. One condition at a time, each forward pass is a batch of 6 short rows; side by
@@ -9,6 +10,11 @@ and user turn) runs once and only the steered tail runs, one condition per batch
 times both on the self-report read-out with every k-th emotion vector of ``--run`` at its window and
 checks they agree: it prints seconds, conditions per second, the ratio and the largest difference
 of the valence / arousal shifts against their spread across emotions.
+
+``--choices`` runs the same comparison on the pleasant-vs-aversive choice (16 items, the unsteered
+baseline, 6 random directions and 3 emotion vectors at 1 x window): the change in P(pleasant) by
+both paths, and the largest difference. Run it with ``--dtype bfloat16`` and ``--dtype float32``: it
+is the evidence for scoring the forced choices in float32 (``choice_dtype`` in 06).
 """
 
 from __future__ import annotations
@@ -23,7 +29,8 @@ import torch
 
 from emolib.models import load_model
 from emolib.study import self_report as sr
-from emolib.study.scoring import last_token_logits
+from emolib.study.controls import random_directions
+from emolib.study.scoring import last_token_logits, option_logprobs, option_probs
 from emolib.vectors import EmotionVectors
 
 
@@ -41,6 +48,31 @@ def one_at_a_time(model, tok, ro, steerings, batch: int) -> np.ndarray:
     return out
 
 
+def choices_one_at_a_time(model, tok, items, pleasant_first, steerings, batch: int) -> np.ndarray:
+    """``[S]`` mean P(pleasant) per condition, all items of a condition in one batch (the earlier path)."""
+    prompts = [it.prompt.ids for it in items]
+    spans = [(it.prompt.spans["assistant"][0], len(it.prompt.ids)) for it in items]
+    out = []
+    for st in steerings:
+        logits = last_token_logits(model, tok, prompts, st, scopes=lambda i: (spans[i],), batch_size=batch)
+        p = option_probs(option_logprobs(logits, [it.token_ids for it in items]))[0][:, 0].numpy()
+        out.append(float(np.mean(np.where(pleasant_first, p, 1 - p))))
+    return np.array(out)
+
+
+def compare_choices(model, tok, vectors, window: float, layer: int, batch: int) -> None:
+    items, pf = sr.choice_items(tok, 8, 0)
+    conds = ([None] + [vectors.steering(r, window, layers=layer) for r in random_directions(vectors.width, 6, 5)]
+             + [vectors.steering(e, window, layers=layer) for e in ("happy", "afraid", "calm") if e in vectors.emotions])
+    a = choices_one_at_a_time(model, tok, items, pf, conds, batch)
+    b = sr.p_pleasant_many(model, items, pf, conds)
+    print(f"P(pleasant) unsteered: one at a time {a[0]:.4f}, side by side {b[0]:.4f}")
+    print("change, one at a time:", np.round(a[1:] - a[0], 4))
+    print("change, side by side: ", np.round(b[1:] - b[0], 4))
+    print(f"largest |difference| of the changes: {np.abs((a[1:] - a[0]) - (b[1:] - b[0])).max():.4f}; "
+          f"their spread (sd): {np.std(a[1:] - a[0]):.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m-instruct")
@@ -50,6 +82,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--run", default="runs/default", help="a finished run: its vectors and window")
+    ap.add_argument("--choices", action="store_true", help="compare the two paths on the forced choice instead")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -58,6 +91,10 @@ def main() -> None:
     rep = json.loads((run / "causal/self_report.json").read_text())["report"]
     vectors = EmotionVectors.load(run / "vectors.safetensors")
     model, tok, info = load_model(args.model, dtype=args.dtype)
+    if args.choices:
+        print(f"{info.name} ({info.dtype}); choice read-out at {rep['window']:.3f} x norm, block {rep['layer']}")
+        compare_choices(model, tok, vectors, rep["window"], rep["layer"], args.batch)
+        return
     emos = vectors.emotions[:: max(1, len(vectors.emotions) // args.emotions)]
     steerings = [vectors.steering(e, rep["window"], layers=rep["layer"]) for e in emos]
     ro = sr.make_readout(tok)
