@@ -262,7 +262,7 @@ def computing_in(model, dtype: str | torch.dtype | None):
     if dtype is None:
         yield model
         return
-    want = _pick_dtype(dtype, "cpu") if isinstance(dtype, str) else dtype
+    want = _pick_dtype(dtype, model_device(model).type) if isinstance(dtype, str) else dtype
     if all(p.dtype == want for p in model.parameters()):
         yield model
         return

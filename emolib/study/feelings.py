@@ -27,7 +27,7 @@ import torch
 from emolib.chat import ChatPrompt, build_prompt, continuation_ids
 from emolib.steering import Steering, apply_steering
 from emolib.study.controls import RandomSpread, random_directions, random_labels
-from emolib.study.scoring import conditions_logprobs, sequence_logprobs
+from emolib.study.scoring import conditions_logprobs
 
 
 @dataclass(frozen=True)
@@ -56,14 +56,6 @@ def prompt_and_scope(tokenizer, fp: FeelingPrompt, system: str | None = None) ->
 def word_ids(tokenizer, prompt: ChatPrompt, words: Sequence[str]) -> list[list[int]]:
     """Token ids of each word as the continuation (with a leading space) of the prompt."""
     return [continuation_ids(tokenizer, prompt, " " + w) for w in words]
-
-
-def word_logprobs(model, tokenizer, fp: FeelingPrompt, words: Sequence[str], steering: Steering | None = None,
-                  system: str | None = None, batch_size: int = 16) -> torch.Tensor:
-    """Summed log-probability of each word after the prompt (steered on the paper's span if given)."""
-    prompt, span = prompt_and_scope(tokenizer, fp, system)
-    conts = word_ids(tokenizer, prompt, words)
-    return sequence_logprobs(model, tokenizer, [prompt.ids] * len(words), conts, steering, (span,), batch_size)
 
 
 @dataclass

@@ -183,7 +183,7 @@ def conditions_logprobs(model, prompt: Sequence[int], span: tuple[int, int], ste
     specs = [(s, j) for s in range(len(steerings)) for j in ([None] if single else []) + multi]
     tail = prompt[start:]
     dev = model_device(model)
-    base, head = base_model(model), model.get_output_embeddings()
+    base = base_model(model)
     out = torch.zeros(len(steerings), len(conts))
     prefix_cache = None
     with torch.inference_mode():
@@ -207,14 +207,14 @@ def conditions_logprobs(model, prompt: Sequence[int], span: tuple[int, int], ste
             h = h.last_hidden_state if hasattr(h, "last_hidden_state") else h[0]
             main = [r for r, (_, j) in enumerate(chunk) if j is None]
             if main:  # one LM-head call for every condition's last position
-                lp = torch.log_softmax(head(h[main, len(tail) - 1]).float(), dim=-1).cpu()
+                lp = torch.log_softmax(lm_logits(model, h[main, len(tail) - 1]), dim=-1).cpu()
                 conds = torch.as_tensor([chunk[r][0] for r in main])
                 out[conds.unsqueeze(1), torch.as_tensor(single).unsqueeze(0)] = lp[:, first]
             for r, (s, j) in enumerate(chunk):
                 if j is not None:
                     k = len(conts[j])
                     pos = torch.arange(len(tail) - 1, len(tail) - 1 + k, device=h.device)
-                    lp = torch.log_softmax(head(h[r, pos]).float(), dim=-1).cpu()
+                    lp = torch.log_softmax(lm_logits(model, h[r, pos]), dim=-1).cpu()
                     out[s, j] = lp[torch.arange(k), torch.as_tensor(conts[j])].sum()
     return out
 

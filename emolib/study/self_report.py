@@ -111,7 +111,7 @@ def shifts(model, tokenizer, ro: Readout, steerings: Sequence[Steering], baselin
 
     ``baseline`` (``[prompts, words]`` from :func:`word_logprobs` with no steering) is computed when
     not given; it must come from the same batched path as the steered conditions, so a zero
-    strength gives a zero shift."""
+    strength gives a zero shift up to rounding (batches of another size round differently)."""
     base = word_logprobs(model, tokenizer, ro, None, rows) if baseline is None else baseline
     lp = word_logprobs_many(model, ro, steerings, rows)
     return {k: log_odds(lp.reshape(-1, lp.shape[-1]), *ro.sets[k]).reshape(lp.shape[:2]) - log_odds(base, *ro.sets[k])
@@ -476,12 +476,6 @@ def p_pleasant_many(model, items, pleasant_first: np.ndarray, steerings: Sequenc
         lp = conditions_logprobs(model, it.prompt.ids, span, steerings, [[t] for t in it.token_ids], rows)
         p_first[:, k] = option_probs(lp)[0][:, 0].numpy()
     return np.where(pleasant_first, p_first, 1 - p_first).mean(axis=1)
-
-
-def p_pleasant(model, tokenizer, items, pleasant_first: np.ndarray, steering: Steering | None,
-               rows: int = 64) -> float:
-    """Mean probability of choosing the pleasant activity under one ``steering``."""
-    return float(p_pleasant_many(model, items, pleasant_first, [steering], rows)[0])
 
 
 def valence_choice(model, tokenizer, vectors, emotions: Sequence[str], ratings: np.ndarray, strength: float,
